@@ -1,0 +1,3 @@
+"""medkd_ext: knowledge distillation for medical imaging, shared by the medkd MONAI Bundles."""
+
+__version__ = "0.1.0"
