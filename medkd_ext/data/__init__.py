@@ -1,1 +1,54 @@
+"""Datalists, teacher subsets, simulated label noise and class imbalance, patient splits and demo data."""
 
+from __future__ import annotations
+
+from typing import Any
+
+from .datalist import check_files_exist, load_datalist
+from .noise import LABEL_NOISE_MODES, apply_label_noise_to_items, inject_label_noise
+from .sampling import overlapping_subsets, patient_split, power_law_counts, power_law_imbalance
+
+# demo.py is also run as a script (python -m medkd_ext.data.demo); importing it lazily keeps runpy from
+# finding it already imported by this package.
+_DEMO_NAMES = (
+    "CLASSIFICATION_CLASS_NAMES",
+    "DEMO_MANIFEST_NAME",
+    "SEGMENTATION_DOMAINS",
+    "default_demo_root",
+    "ensure_classification_demo",
+    "ensure_segmentation_demo",
+    "make_classification_demo",
+    "make_segmentation_demo",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DEMO_NAMES:
+        from . import demo
+
+        return getattr(demo, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_DEMO_NAMES))
+
+__all__ = [
+    "CLASSIFICATION_CLASS_NAMES",
+    "DEMO_MANIFEST_NAME",
+    "LABEL_NOISE_MODES",
+    "SEGMENTATION_DOMAINS",
+    "apply_label_noise_to_items",
+    "check_files_exist",
+    "default_demo_root",
+    "ensure_classification_demo",
+    "ensure_segmentation_demo",
+    "inject_label_noise",
+    "load_datalist",
+    "make_classification_demo",
+    "make_segmentation_demo",
+    "overlapping_subsets",
+    "patient_split",
+    "power_law_counts",
+    "power_law_imbalance",
+]

@@ -1,1 +1,14 @@
+"""Ignite handlers: smooth parameter averaging and training schedules."""
 
+from medkd_ext.handlers.averaging import SmoothAveragingHandler, recompute_batchnorm
+from medkd_ext.handlers.schedules import DANNLambdaHandler, DecayHandler, RampHandler, decay_value, ramp_value
+
+__all__ = [
+    "SmoothAveragingHandler",
+    "recompute_batchnorm",
+    "RampHandler",
+    "DecayHandler",
+    "DANNLambdaHandler",
+    "ramp_value",
+    "decay_value",
+]

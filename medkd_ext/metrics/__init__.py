@@ -1,1 +1,20 @@
+"""Evaluation: per-case segmentation reports, classification reports, adversarial attacks (FGSM, PGD)."""
 
+from __future__ import annotations
+
+from .attacks import evaluate_under_attack, fgsm, pgd
+from .classification import binary_auc, classification_report, report_to_csv, report_to_markdown
+from .segmentation import SEGMENTATION_METRICS, SegmentationReport, segmentation_report
+
+__all__ = [
+    "SEGMENTATION_METRICS",
+    "SegmentationReport",
+    "binary_auc",
+    "classification_report",
+    "evaluate_under_attack",
+    "fgsm",
+    "pgd",
+    "report_to_csv",
+    "report_to_markdown",
+    "segmentation_report",
+]

@@ -1,0 +1,213 @@
+"""Feature-based distillation: hint regression (FitNet), flow of solution procedure (FSP), feature-map and
+pooled-descriptor alignment (the joint-teacher paper's Stage 3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medkd_ext.losses._utils import (
+    adaptive_avg_pool,
+    as_target,
+    check_same_batch,
+    check_sequence,
+    check_tensor,
+    common_spatial_size,
+    global_avg_pool,
+)
+
+__all__ = ["CosineAlignLoss", "FSPLoss", "FeatureAlignLoss", "FitNetLoss"]
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_INTERP = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def _check_adapter_args(loss: str, student_channels: int, teacher_channels: int, spatial_dims: int) -> None:
+    for arg, value in (("student_channels", student_channels), ("teacher_channels", teacher_channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{loss}: {arg} must be a positive integer, got {value!r}.")
+    if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, int) or spatial_dims not in _CONV:
+        raise ValueError(f"{loss}: spatial_dims must be 1, 2 or 3, got {spatial_dims!r}.")
+
+
+def _check_features(loss: str, x: object, name: str, channels: int, spatial_dims: int) -> torch.Tensor:
+    x = check_tensor(x, loss, name, min_ndim=spatial_dims + 2, max_ndim=spatial_dims + 2)
+    if x.shape[1] != channels:
+        raise ValueError(
+            f"{loss}: {name} shape {tuple(x.shape)} has {x.shape[1]} channels, but the loss was built with "
+            f"{name}_channels={channels}."
+        )
+    return x
+
+
+class FitNetLoss(nn.Module):
+    """Hint-based distillation of Romero et al., "FitNets: Hints for Thin Deep Nets" (ICLR 2015), eq. 3.
+
+    A learnable 1x1 convolution regressor ``r`` (with bias, no normalisation or activation) maps the student's
+    guided-layer features to the teacher's channel count, and the loss is the mean squared error
+    ``mean(|r(s) - t|^2)`` over all elements. The regressor lives in this module: give ``loss.parameters()`` to
+    the optimizer too. Gradients never reach the teacher.
+
+    Args:
+        student_channels: channels ``C_s`` of the student features.
+        teacher_channels: channels ``C_t`` of the teacher features.
+        spatial_dims: 1, 2 or 3.
+
+    Shapes:
+        student ``(B, C_s, *spatial)``, teacher ``(B, C_t, *spatial)``, same batch and spatial size. Output: scalar.
+    """
+
+    def __init__(self, student_channels: int, teacher_channels: int, spatial_dims: int) -> None:
+        super().__init__()
+        _check_adapter_args("FitNetLoss", student_channels, teacher_channels, spatial_dims)
+        self.student_channels = student_channels
+        self.teacher_channels = teacher_channels
+        self.spatial_dims = spatial_dims
+        self.regressor = _CONV[spatial_dims](student_channels, teacher_channels, kernel_size=1)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        name = "FitNetLoss"
+        _check_features(name, student, "student", self.student_channels, self.spatial_dims)
+        _check_features(name, teacher, "teacher", self.teacher_channels, self.spatial_dims)
+        if student.shape[0] != teacher.shape[0] or student.shape[2:] != teacher.shape[2:]:
+            raise ValueError(
+                f"{name}: student shape {tuple(student.shape)} and teacher shape {tuple(teacher.shape)} must have the "
+                "same batch and spatial sizes; tap layers of matching resolution."
+            )
+        return F.mse_loss(self.regressor(student), as_target(teacher))
+
+
+class FSPLoss(nn.Module):
+    """Flow-of-solution-procedure distillation of Yim et al., "A Gift from Knowledge Distillation" (CVPR 2017),
+    eq. 1-2 (all pair weights 1).
+
+    For consecutive feature maps ``F1 = x[k]``, ``F2 = x[k + 1]`` of one network the FSP matrix is
+    ``G = F1 F2^T / N`` of shape ``(B, C1, C2)``, ``N`` the number of spatial positions (if the two maps differ in
+    spatial size, the larger is adaptive-average-pooled to the smaller first). The loss is
+    ``mean_b sum_k ||G_s^k - G_t^k||_F^2``. Gradients never reach the teacher.
+
+    Shapes:
+        student, teacher: lists or tuples of the same length ``>= 2`` of tensors ``(B, C_k, *spatial_k)``;
+        student and teacher FSP matrices of pair ``k`` must have the same shape (equal ``C_k``, ``C_{k+1}``),
+        spatial sizes may differ between student and teacher. Output: scalar.
+    """
+
+    @staticmethod
+    def fsp_matrix(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
+        """``(B, C1, *spatial), (B, C2, *spatial') -> (B, C1, C2)``."""
+        size = common_spatial_size(f1, f2)
+        a = adaptive_avg_pool(f1, size).flatten(2)
+        b = adaptive_avg_pool(f2, size).flatten(2)
+        return torch.bmm(a, b.transpose(1, 2)) / a.shape[2]
+
+    def _check_side(self, maps: object, name: str) -> Sequence[torch.Tensor]:
+        maps = check_sequence(maps, "FSPLoss", name)
+        if len(maps) < 2:
+            raise ValueError(f"FSPLoss: {name} needs at least 2 feature maps (one FSP pair), got {len(maps)}.")
+        for i, x in enumerate(maps):
+            check_tensor(x, "FSPLoss", f"{name}[{i}]", min_ndim=3, max_ndim=5)
+            if x.ndim != maps[0].ndim or x.shape[0] != maps[0].shape[0]:
+                raise ValueError(
+                    f"FSPLoss: {name}[{i}] shape {tuple(x.shape)} and {name}[0] shape {tuple(maps[0].shape)} must "
+                    "have the same batch size and number of spatial dimensions."
+                )
+        return maps
+
+    def forward(self, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
+        student = self._check_side(student, "student")
+        teacher = self._check_side(teacher, "teacher")
+        if len(student) != len(teacher):
+            raise ValueError(
+                f"FSPLoss: student and teacher must hold the same number of feature maps, got {len(student)} and "
+                f"{len(teacher)}."
+            )
+        check_same_batch("FSPLoss", student[0], teacher[0])
+        loss = student[0].new_zeros(())
+        for k in range(len(student) - 1):
+            g_s = self.fsp_matrix(student[k], student[k + 1])
+            with torch.no_grad():
+                g_t = self.fsp_matrix(teacher[k], teacher[k + 1])
+            if g_s.shape != g_t.shape:
+                raise ValueError(
+                    f"FSPLoss: FSP matrix {k} has shape {tuple(g_s.shape)} for the student (maps "
+                    f"{tuple(student[k].shape)}, {tuple(student[k + 1].shape)}) but {tuple(g_t.shape)} for the teacher "
+                    f"(maps {tuple(teacher[k].shape)}, {tuple(teacher[k + 1].shape)}); channel counts must match."
+                )
+            loss = loss + (g_s - g_t).pow(2).sum(dim=(1, 2)).mean()
+        return loss
+
+
+class FeatureAlignLoss(nn.Module):
+    """Feature-map alignment of the joint-teacher paper (Ceausescu et al., Stage 3, eq. 12).
+
+    The teacher features are mapped to the student's channel count by a learnable 1x1 convolution (with bias),
+    resized to the student's spatial size (linear / bilinear / trilinear interpolation, ``align_corners=False``)
+    and compared by the mean squared error over all elements. The convolution lives in this module (give
+    ``loss.parameters()`` to the optimizer); it receives gradients, but gradients never reach the teacher input
+    itself (the convolution is applied to a detached view of it).
+
+    Args:
+        student_channels: channels ``C_s`` of the student features.
+        teacher_channels: channels ``C_t`` of the teacher features.
+        spatial_dims: 1, 2 or 3.
+
+    Shapes:
+        student ``(B, C_s, *spatial_s)``, teacher ``(B, C_t, *spatial_t)``, same batch. Output: scalar.
+    """
+
+    def __init__(self, student_channels: int, teacher_channels: int, spatial_dims: int) -> None:
+        super().__init__()
+        _check_adapter_args("FeatureAlignLoss", student_channels, teacher_channels, spatial_dims)
+        self.student_channels = student_channels
+        self.teacher_channels = teacher_channels
+        self.spatial_dims = spatial_dims
+        self.align = _CONV[spatial_dims](teacher_channels, student_channels, kernel_size=1)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        name = "FeatureAlignLoss"
+        _check_features(name, student, "student", self.student_channels, self.spatial_dims)
+        _check_features(name, teacher, "teacher", self.teacher_channels, self.spatial_dims)
+        check_same_batch(name, student, teacher)
+        aligned = self.align(as_target(teacher))
+        if aligned.shape[2:] != student.shape[2:]:
+            aligned = F.interpolate(
+                aligned, size=student.shape[2:], mode=_INTERP[self.spatial_dims], align_corners=False
+            )
+        return F.mse_loss(student, aligned)
+
+
+class CosineAlignLoss(nn.Module):
+    """Cosine alignment of pooled descriptors (Ceausescu et al., Stage 3, eq. 13).
+
+    Features are global-average-pooled to ``(B, C)`` (embeddings ``(B, C)`` are used as they are) and the loss is
+    ``mean_b (1 - cos(s_b, t_b))``. Gradients never reach the teacher.
+
+    Args:
+        eps: lower bound of the vector norms in the cosine.
+
+    Shapes:
+        student ``(B, C, *spatial_s)`` or ``(B, C)``, teacher ``(B, C, *spatial_t)`` or ``(B, C)``: same batch and
+        channels, spatial sizes may differ. Output: scalar.
+    """
+
+    def __init__(self, eps: float = 1e-8) -> None:
+        super().__init__()
+        if not eps > 0:
+            raise ValueError(f"CosineAlignLoss: eps must be positive, got {eps!r}.")
+        self.eps = float(eps)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        name = "CosineAlignLoss"
+        check_tensor(student, name, "student")
+        check_tensor(teacher, name, "teacher")
+        if student.shape[:2] != teacher.shape[:2]:
+            raise ValueError(
+                f"{name}: student shape {tuple(student.shape)} and teacher shape {tuple(teacher.shape)} must have the "
+                "same batch size and channel count."
+            )
+        with torch.no_grad():
+            t = as_target(global_avg_pool(teacher))
+        return (1.0 - F.cosine_similarity(global_avg_pool(student), t, dim=1, eps=self.eps)).mean()
