@@ -1,5 +1,15 @@
 """Ignite/MONAI trainers for distillation."""
 
 from medkd_ext.engines.distillation import ALL_TEACHERS, LABEL, PRED, DistillationTrainer, LossTerm, loss_terms_output
+from medkd_ext.engines.stages import run_stage, run_stages
 
-__all__ = ["DistillationTrainer", "LossTerm", "loss_terms_output", "PRED", "LABEL", "ALL_TEACHERS"]
+__all__ = [
+    "DistillationTrainer",
+    "LossTerm",
+    "loss_terms_output",
+    "PRED",
+    "LABEL",
+    "ALL_TEACHERS",
+    "run_stage",
+    "run_stages",
+]
