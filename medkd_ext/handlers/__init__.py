@@ -1,9 +1,21 @@
 """Ignite handlers: smooth parameter averaging and training schedules."""
 
 from medkd_ext.handlers.averaging import SmoothAveragingHandler, recompute_batchnorm
+from medkd_ext.handlers.reports import (
+    ClassificationMetric,
+    ClassificationReportHandler,
+    ProbabilityWriter,
+    SegmentationReportHandler,
+    source_filename,
+)
 from medkd_ext.handlers.schedules import DANNLambdaHandler, DecayHandler, RampHandler, decay_value, ramp_value
 
 __all__ = [
+    "ClassificationMetric",
+    "ClassificationReportHandler",
+    "SegmentationReportHandler",
+    "ProbabilityWriter",
+    "source_filename",
     "SmoothAveragingHandler",
     "recompute_batchnorm",
     "RampHandler",

@@ -1,0 +1,264 @@
+"""Handlers that collect an evaluator's predictions and write reports: classification metrics, segmentation
+metrics and inference probabilities, as JSON, CSV and Markdown."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.metrics import Metric
+from monai.handlers import from_engine
+
+from medkd_ext.metrics.classification import classification_report, report_to_csv, report_to_markdown
+from medkd_ext.metrics.segmentation import SegmentationReport
+
+__all__ = [
+    "ClassificationMetric",
+    "ClassificationReportHandler",
+    "SegmentationReportHandler",
+    "ProbabilityWriter",
+    "source_filename",
+]
+
+logger = logging.getLogger(__name__)
+
+_PRED_LABEL = from_engine(["pred", "label"])
+_PRED_IMAGE = from_engine(["pred", "image"])
+
+
+def source_filename(x: Any) -> str | None:
+    """The ``filename_or_obj`` a MetaTensor (or a dict with a meta dict) was loaded from, else ``None``."""
+    meta = getattr(x, "meta", None)
+    name = meta.get("filename_or_obj") if isinstance(meta, dict) else None
+    if isinstance(name, (list, tuple)):
+        name = name[0] if name else None
+    return str(name) if name else None
+
+
+def _as_rows(values: Any) -> torch.Tensor:
+    """A batch of per-sample tensors (decollated list, or a batched tensor) as a ``(B, ...)`` CPU float tensor."""
+    if isinstance(values, (list, tuple)):
+        return torch.stack([torch.as_tensor(v).detach().cpu().float() for v in values])
+    t = torch.as_tensor(values).detach().cpu().float()
+    return t if t.ndim > 1 else t.unsqueeze(1)
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.probs: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+
+    def add(self, probs: Any, labels: Any) -> None:
+        self.probs.append(_as_rows(probs))
+        self.labels.append(_as_rows(labels))
+
+    def report(self, multi_label: bool, class_names: Sequence[str] | None) -> dict[str, Any]:
+        if not self.probs:
+            raise ValueError("classification report: no prediction was collected; is the evaluator's dataset empty?")
+        probs = torch.cat(self.probs).numpy()
+        labels = torch.cat(self.labels).numpy()
+        if not multi_label and labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        return classification_report(probs, labels.astype(np.int64), multi_label=multi_label, class_names=class_names)
+
+
+class ClassificationMetric(Metric):
+    """An ignite metric with the value of one entry of ``classification_report`` (e.g. mean AUC, weighted F1).
+
+    Fed probabilities (softmax for multi-class, sigmoid for multi-label) and labels; usable as an evaluator's
+    ``key_val_metric`` to choose the best model.
+
+    Args:
+        report_key: entry of :func:`medkd_ext.metrics.classification_report`: ``"auc_macro"``, ``"f1_weighted"``,
+            ``"f1_macro"``, ``"accuracy"``, ...
+        multi_label: whether labels are multi-hot and probabilities sigmoid outputs.
+        output_transform: takes ``(probs, labels)`` from the engine output, by default ``pred`` and ``label``.
+    """
+
+    def __init__(
+        self,
+        report_key: str = "auc_macro",
+        multi_label: bool = False,
+        output_transform: Callable = _PRED_LABEL,
+    ) -> None:
+        self.report_key = report_key
+        self.multi_label = multi_label
+        self._collector = _Collector()
+        super().__init__(output_transform=output_transform)
+
+    def reset(self) -> None:
+        self._collector = _Collector()
+
+    def update(self, output: Sequence[Any]) -> None:
+        probs, labels = output
+        self._collector.add(probs, labels)
+
+    def compute(self) -> float:
+        report = self._collector.report(self.multi_label, None)
+        if self.report_key not in report:
+            raise ValueError(f"ClassificationMetric: report has no key '{self.report_key}'; keys are {list(report)}.")
+        value = float(report[self.report_key])
+        return 0.0 if math.isnan(value) else value
+
+
+class ClassificationReportHandler:
+    """Collects probabilities and labels over an evaluator run and writes the classification report.
+
+    At ``COMPLETED``, writes ``<prefix>.json``, ``<prefix>.csv`` and ``<prefix>.md`` under ``output_dir`` and keeps
+    the report in ``.report``.
+
+    Args:
+        output_dir: folder of the report files (created if needed).
+        multi_label: multi-hot labels and sigmoid probabilities.
+        class_names: names of the classes for the per-class rows.
+        prefix: file name stem.
+        output_transform: takes ``(probs, labels)`` from the engine output.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        multi_label: bool = False,
+        class_names: Sequence[str] | None = None,
+        prefix: str = "metrics",
+        output_transform: Callable = _PRED_LABEL,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.multi_label = multi_label
+        self.class_names = list(class_names) if class_names is not None else None
+        self.prefix = prefix
+        self.output_transform = output_transform
+        self.report: dict[str, Any] | None = None
+        self._collector = _Collector()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self._collector = _Collector()
+
+    def _collect(self, engine: Engine) -> None:
+        probs, labels = self.output_transform(engine.state.output)
+        self._collector.add(probs, labels)
+
+    def _write(self, engine: Engine) -> None:
+        self.report = self._collector.report(self.multi_label, self.class_names)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        stem = self.output_dir / self.prefix
+        (stem.with_suffix(".json")).write_text(json.dumps(self.report, indent=2, default=float))
+        report_to_csv(self.report, stem.with_suffix(".csv"))
+        report_to_markdown(self.report, stem.with_suffix(".md"))
+        logger.info("classification report written to %s.{json,csv,md}", stem)
+
+
+class SegmentationReportHandler:
+    """Per-case IoU, DSC, Recall, Precision and HD95 over an evaluator run, written as CSV and Markdown.
+
+    Predictions and labels are taken from the engine output (decollated per case; label maps ``(1, *spatial)``
+    or one-hot ``(C, *spatial)``), case ids and voxel spacing from the label's metadata, so HD95 is in mm.
+
+    Args:
+        output_dir: folder of ``<prefix>.csv`` and ``<prefix>.md``.
+        num_classes: number of classes including background.
+        include_background: report the background class too.
+        prefix: file name stem.
+        output_transform: takes ``(preds, labels)`` from the engine output.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        num_classes: int = 2,
+        include_background: bool = False,
+        prefix: str = "metrics",
+        output_transform: Callable = _PRED_LABEL,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.report = SegmentationReport(num_classes=num_classes, include_background=include_background)
+        self.prefix = prefix
+        self.output_transform = output_transform
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda e: self.report.reset())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        preds, labels = self.output_transform(engine.state.output)
+        if isinstance(preds, torch.Tensor):
+            preds, labels = list(preds), list(labels)
+        for pred, label in zip(preds, labels, strict=True):
+            spacing = None
+            meta = getattr(label, "meta", None)
+            if isinstance(meta, dict) and "pixdim" in meta:
+                spatial_dims = pred.ndim - 1
+                spacing = [float(s) for s in torch.as_tensor(meta["pixdim"]).flatten()[1 : spatial_dims + 1]]
+            self.report.update(
+                pred.unsqueeze(0), label.unsqueeze(0), case_id=source_filename(label), spacing=spacing
+            )
+
+    def _write(self, engine: Engine) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.report.to_csv(self.output_dir / f"{self.prefix}.csv")
+        self.report.to_markdown(self.output_dir / f"{self.prefix}.md")
+        logger.info("segmentation report written to %s", self.output_dir / f"{self.prefix}.{{csv,md}}")
+
+
+class ProbabilityWriter:
+    """Inference: collects each case's class probabilities and writes them as a JSON list at ``COMPLETED``.
+
+    Each entry is ``{"image": <source file>, "probabilities": {<class name>: p}}``; the file name is read from the
+    prediction's (or the image's) metadata.
+
+    Args:
+        output_file: JSON file to write (its folder is created).
+        class_names: names of the classes; default ``"0", "1", ...``.
+        output_transform: takes ``(probs, images)`` from the engine output.
+    """
+
+    def __init__(
+        self,
+        output_file: str | os.PathLike,
+        class_names: Sequence[str] | None = None,
+        output_transform: Callable = _PRED_IMAGE,
+    ) -> None:
+        self.output_file = Path(output_file)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.output_transform = output_transform
+        self.entries: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda e: self.entries.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        probs, images = self.output_transform(engine.state.output)
+        if isinstance(probs, torch.Tensor) and probs.ndim > 1:
+            probs = list(probs)
+        if isinstance(images, torch.Tensor):
+            images = list(images) if images.ndim > 0 and len(images) == len(probs) else [images] * len(probs)
+        for p, image in zip(probs, images, strict=True):
+            values = torch.as_tensor(p).detach().cpu().float().flatten().tolist()
+            names = self.class_names or [str(i) for i in range(len(values))]
+            if len(names) != len(values):
+                raise ValueError(f"ProbabilityWriter: {len(values)} probabilities but {len(names)} class names.")
+            source = source_filename(p) or source_filename(image)
+            self.entries.append({"image": source, "probabilities": dict(zip(names, values, strict=True))})
+
+    def _write(self, engine: Engine) -> None:
+        self.output_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.output_file.with_name(self.output_file.name + ".tmp")
+        tmp.write_text(json.dumps(self.entries, indent=2))
+        os.replace(tmp, self.output_file)
+        logger.info("probabilities of %d cases written to %s", len(self.entries), self.output_file)
