@@ -2,7 +2,6 @@
 
 from medkd_ext.handlers.averaging import SmoothAveragingHandler, recompute_batchnorm
 from medkd_ext.handlers.reports import (
-    ClassificationMetric,
     ClassificationReportHandler,
     ProbabilityWriter,
     SegmentationReportHandler,
@@ -11,7 +10,6 @@ from medkd_ext.handlers.reports import (
 from medkd_ext.handlers.schedules import DANNLambdaHandler, DecayHandler, RampHandler, decay_value, ramp_value
 
 __all__ = [
-    "ClassificationMetric",
     "ClassificationReportHandler",
     "SegmentationReportHandler",
     "ProbabilityWriter",

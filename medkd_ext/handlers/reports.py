@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from ignite.metrics import Metric
 from monai.handlers import from_engine
 
-from medkd_ext.metrics.classification import classification_report, report_to_csv, report_to_markdown
+from medkd_ext.metrics.classification import (
+    ClassificationMetric,
+    PredictionCollector,
+    report_to_csv,
+    report_to_markdown,
+)
 from medkd_ext.metrics.segmentation import SegmentationReport
 
 __all__ = [
@@ -41,72 +43,6 @@ def source_filename(x: Any) -> str | None:
     if isinstance(name, (list, tuple)):
         name = name[0] if name else None
     return str(name) if name else None
-
-
-def _as_rows(values: Any) -> torch.Tensor:
-    """A batch of per-sample tensors (decollated list, or a batched tensor) as a ``(B, ...)`` CPU float tensor."""
-    if isinstance(values, (list, tuple)):
-        return torch.stack([torch.as_tensor(v).detach().cpu().float() for v in values])
-    t = torch.as_tensor(values).detach().cpu().float()
-    return t if t.ndim > 1 else t.unsqueeze(1)
-
-
-class _Collector:
-    def __init__(self) -> None:
-        self.probs: list[torch.Tensor] = []
-        self.labels: list[torch.Tensor] = []
-
-    def add(self, probs: Any, labels: Any) -> None:
-        self.probs.append(_as_rows(probs))
-        self.labels.append(_as_rows(labels))
-
-    def report(self, multi_label: bool, class_names: Sequence[str] | None) -> dict[str, Any]:
-        if not self.probs:
-            raise ValueError("classification report: no prediction was collected; is the evaluator's dataset empty?")
-        probs = torch.cat(self.probs).numpy()
-        labels = torch.cat(self.labels).numpy()
-        if not multi_label and labels.ndim == 2 and labels.shape[1] == 1:
-            labels = labels[:, 0]
-        return classification_report(probs, labels.astype(np.int64), multi_label=multi_label, class_names=class_names)
-
-
-class ClassificationMetric(Metric):
-    """An ignite metric with the value of one entry of ``classification_report`` (e.g. mean AUC, weighted F1).
-
-    Fed probabilities (softmax for multi-class, sigmoid for multi-label) and labels; usable as an evaluator's
-    ``key_val_metric`` to choose the best model.
-
-    Args:
-        report_key: entry of :func:`medkd_ext.metrics.classification_report`: ``"auc_macro"``, ``"f1_weighted"``,
-            ``"f1_macro"``, ``"accuracy"``, ...
-        multi_label: whether labels are multi-hot and probabilities sigmoid outputs.
-        output_transform: takes ``(probs, labels)`` from the engine output, by default ``pred`` and ``label``.
-    """
-
-    def __init__(
-        self,
-        report_key: str = "auc_macro",
-        multi_label: bool = False,
-        output_transform: Callable = _PRED_LABEL,
-    ) -> None:
-        self.report_key = report_key
-        self.multi_label = multi_label
-        self._collector = _Collector()
-        super().__init__(output_transform=output_transform)
-
-    def reset(self) -> None:
-        self._collector = _Collector()
-
-    def update(self, output: Sequence[Any]) -> None:
-        probs, labels = output
-        self._collector.add(probs, labels)
-
-    def compute(self) -> float:
-        report = self._collector.report(self.multi_label, None)
-        if self.report_key not in report:
-            raise ValueError(f"ClassificationMetric: report has no key '{self.report_key}'; keys are {list(report)}.")
-        value = float(report[self.report_key])
-        return 0.0 if math.isnan(value) else value
 
 
 class ClassificationReportHandler:
@@ -137,7 +73,7 @@ class ClassificationReportHandler:
         self.prefix = prefix
         self.output_transform = output_transform
         self.report: dict[str, Any] | None = None
-        self._collector = _Collector()
+        self._collector = PredictionCollector()
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._reset)
@@ -145,7 +81,7 @@ class ClassificationReportHandler:
         engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _reset(self, engine: Engine) -> None:
-        self._collector = _Collector()
+        self._collector = PredictionCollector()
 
     def _collect(self, engine: Engine) -> None:
         probs, labels = self.output_transform(engine.state.output)
@@ -203,9 +139,7 @@ class SegmentationReportHandler:
             if isinstance(meta, dict) and "pixdim" in meta:
                 spatial_dims = pred.ndim - 1
                 spacing = [float(s) for s in torch.as_tensor(meta["pixdim"]).flatten()[1 : spatial_dims + 1]]
-            self.report.update(
-                pred.unsqueeze(0), label.unsqueeze(0), case_id=source_filename(label), spacing=spacing
-            )
+            self.report.update(pred.unsqueeze(0), label.unsqueeze(0), case_id=source_filename(label), spacing=spacing)
 
     def _write(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)

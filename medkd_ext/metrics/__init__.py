@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from .attacks import evaluate_under_attack, fgsm, pgd
-from .classification import binary_auc, classification_report, report_to_csv, report_to_markdown
+from .classification import (
+    ClassificationMetric,
+    PredictionCollector,
+    binary_auc,
+    classification_report,
+    report_to_csv,
+    report_to_markdown,
+)
 from .segmentation import SEGMENTATION_METRICS, SegmentationReport, segmentation_report
 
 __all__ = [
+    "ClassificationMetric",
+    "PredictionCollector",
     "SEGMENTATION_METRICS",
     "SegmentationReport",
     "binary_auc",

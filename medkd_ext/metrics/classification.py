@@ -17,11 +17,13 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from ignite.metrics import Metric
+from monai.handlers import from_engine
 from scipy.stats import rankdata
 
 __all__ = ["binary_auc", "classification_report", "report_to_csv", "report_to_markdown"]
@@ -298,3 +300,74 @@ def _write(path: str | os.PathLike, text: str) -> None:
     _make_parent(path)
     with open(path, "w") as f:
         f.write(text)
+
+
+_PRED_LABEL = from_engine(["pred", "label"])
+
+
+def _as_rows(values: Any) -> torch.Tensor:
+    """A batch of per-sample tensors (decollated list, or a batched tensor) as a ``(B, ...)`` CPU float tensor."""
+    if isinstance(values, (list, tuple)):
+        return torch.stack([torch.as_tensor(v).detach().cpu().float() for v in values])
+    t = torch.as_tensor(values).detach().cpu().float()
+    return t if t.ndim > 1 else t.unsqueeze(1)
+
+
+class PredictionCollector:
+    """Accumulates probabilities and labels of several batches for :func:`classification_report`."""
+
+    def __init__(self) -> None:
+        self.probs: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+
+    def add(self, probs: Any, labels: Any) -> None:
+        self.probs.append(_as_rows(probs))
+        self.labels.append(_as_rows(labels))
+
+    def report(self, multi_label: bool, class_names: Sequence[str] | None) -> dict[str, Any]:
+        if not self.probs:
+            raise ValueError("classification report: no prediction was collected; is the evaluator's dataset empty?")
+        probs = torch.cat(self.probs).numpy()
+        labels = torch.cat(self.labels).numpy()
+        if not multi_label and labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        return classification_report(probs, labels.astype(np.int64), multi_label=multi_label, class_names=class_names)
+
+
+class ClassificationMetric(Metric):
+    """An ignite metric with the value of one entry of ``classification_report`` (e.g. mean AUC, weighted F1).
+
+    Fed probabilities (softmax for multi-class, sigmoid for multi-label) and labels; usable as an evaluator's
+    ``key_val_metric`` to choose the best model.
+
+    Args:
+        report_key: entry of :func:`medkd_ext.metrics.classification_report`: ``"auc_macro"``, ``"f1_weighted"``,
+            ``"f1_macro"``, ``"accuracy"``, ...
+        multi_label: whether labels are multi-hot and probabilities sigmoid outputs.
+        output_transform: takes ``(probs, labels)`` from the engine output, by default ``pred`` and ``label``.
+    """
+
+    def __init__(
+        self,
+        report_key: str = "auc_macro",
+        multi_label: bool = False,
+        output_transform: Callable = _PRED_LABEL,
+    ) -> None:
+        self.report_key = report_key
+        self.multi_label = multi_label
+        self._collector = PredictionCollector()
+        super().__init__(output_transform=output_transform)
+
+    def reset(self) -> None:
+        self._collector = PredictionCollector()
+
+    def update(self, output: Sequence[Any]) -> None:
+        probs, labels = output
+        self._collector.add(probs, labels)
+
+    def compute(self) -> float:
+        report = self._collector.report(self.multi_label, None)
+        if self.report_key not in report:
+            raise ValueError(f"ClassificationMetric: report has no key '{self.report_key}'; keys are {list(report)}.")
+        value = float(report[self.report_key])
+        return 0.0 if math.isnan(value) else value

@@ -9,12 +9,11 @@ from ignite.engine import Engine
 from monai.data import MetaTensor
 
 from medkd_ext.handlers import (
-    ClassificationMetric,
     ClassificationReportHandler,
     ProbabilityWriter,
     SegmentationReportHandler,
 )
-from medkd_ext.metrics import classification_report
+from medkd_ext.metrics import ClassificationMetric, classification_report
 
 PROBS = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
 LABELS = torch.tensor([0, 1, 1, 1])
