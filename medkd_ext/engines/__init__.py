@@ -1,9 +1,11 @@
 """Ignite/MONAI trainers for distillation."""
 
+from medkd_ext.engines.adversarial import DomainAdversarialTrainer
 from medkd_ext.engines.distillation import ALL_TEACHERS, LABEL, PRED, DistillationTrainer, LossTerm, loss_terms_output
 from medkd_ext.engines.stages import run_stage, run_stages
 
 __all__ = [
+    "DomainAdversarialTrainer",
     "DistillationTrainer",
     "LossTerm",
     "loss_terms_output",
