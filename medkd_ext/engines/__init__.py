@@ -1,8 +1,16 @@
 """Ignite/MONAI trainers for distillation."""
 
 from medkd_ext.engines.adversarial import DomainAdversarialTrainer
-from medkd_ext.engines.distillation import ALL_TEACHERS, LABEL, PRED, DistillationTrainer, LossTerm, loss_terms_output
-from medkd_ext.engines.stages import run_stage, run_stages
+from medkd_ext.engines.distillation import (
+    ALL_TEACHERS,
+    LABEL,
+    PRED,
+    DistillationTrainer,
+    LossTerm,
+    loss_parameters,
+    loss_terms_output,
+)
+from medkd_ext.engines.stages import locate_bundle, run_stage, run_stages
 
 __all__ = [
     "DomainAdversarialTrainer",
@@ -14,4 +22,6 @@ __all__ = [
     "ALL_TEACHERS",
     "run_stage",
     "run_stages",
+    "locate_bundle",
+    "loss_parameters",
 ]

@@ -22,7 +22,7 @@ from medkd_ext.engines.utils import optimisation_step
 from medkd_ext.networks.frozen import freeze
 from medkd_ext.networks.taps import FeatureTaps
 
-__all__ = ["DistillationTrainer", "LossTerm", "PRED", "LABEL", "ALL_TEACHERS", "loss_terms_output"]
+__all__ = ["DistillationTrainer", "LossTerm", "loss_parameters", "PRED", "LABEL", "ALL_TEACHERS", "loss_terms_output"]
 
 PRED = "pred"
 """Source name of a network's output (the student's prediction or a teacher's logits)."""
@@ -314,6 +314,17 @@ def _clone(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _clone(v) for k, v in value.items()}
     return value
+
+
+def loss_parameters(loss_terms: Sequence[LossTerm | Mapping[str, Any]]) -> list[nn.Parameter]:
+    """The learnable parameters of the losses of ``loss_terms`` (adapters of ``FitNetLoss``, ``FeatureAlignLoss``),
+    to give to the optimizer next to the student's: ``"$list(@network.parameters()) + loss_parameters(@terms)"``."""
+    params: list[nn.Parameter] = []
+    for term in loss_terms:
+        loss = term.loss if isinstance(term, LossTerm) else term["loss"]
+        if isinstance(loss, nn.Module):
+            params.extend(p for p in loss.parameters() if p.requires_grad)
+    return params
 
 
 def loss_terms_output(output: Any) -> dict[str, float]:

@@ -16,9 +16,29 @@ from typing import Any
 
 from monai.bundle import ConfigWorkflow
 
-__all__ = ["run_stage", "run_stages"]
+__all__ = ["run_stage", "run_stages", "locate_bundle"]
 
 logger = logging.getLogger(__name__)
+
+
+def locate_bundle(name: str) -> str:
+    """The folder of bundle ``name``, for a config's ``bundle_root`` default.
+
+    The current folder when the command runs inside the bundle (it has ``configs/`` and the bundle's name), else
+    ``bundles/<name>`` under the current folder (the repository root, as the README's commands run), else the
+    bundle beside the installed ``medkd_ext`` package (an editable install run from elsewhere).
+    """
+    here = Path.cwd()
+    if here.name == name and (here / "configs").is_dir():
+        return "."
+    candidates = [Path("bundles") / name, Path(__file__).resolve().parents[2] / "bundles" / name]
+    for candidate in candidates:
+        if (candidate / "configs").is_dir():
+            return str(candidate)
+    raise FileNotFoundError(
+        f"bundle '{name}' not found in {here}, {here / 'bundles'} or beside medkd_ext; run from the repository root "
+        "or pass --bundle_root <path to the bundle>."
+    )
 
 
 def run_stage(
@@ -66,7 +86,7 @@ def run_stage(
 
 def run_stages(
     config_dir: str | Path,
-    stages: Sequence[str | Sequence[str]],
+    stages: Sequence[str | Sequence[str] | Mapping[str, Any]],
     overrides: Mapping[str, Any] | None = None,
     skip_if_exists: Mapping[str, str | Path] | None = None,
     overlays: Sequence[str | Path] = (),
@@ -75,7 +95,9 @@ def run_stages(
 
     Args:
         config_dir: the bundle's ``configs`` folder.
-        stages: config file names (relative to ``config_dir``), or lists of names merged in order.
+        stages: config file names (relative to ``config_dir``), lists of names merged in order, or dicts
+            ``{"config": name or list, "overrides": {...}}`` whose overrides add to the common ones (e.g. the
+            index of the source dataset a stage trains on).
         overrides: id -> value passed to every stage (e.g. ``{"device": @device, "dataset_dir": @dataset_dir}``).
         skip_if_exists: stage name -> output file; a stage whose output exists is skipped (used for a teacher that
             only has to be trained once).
@@ -88,13 +110,19 @@ def run_stages(
     config_dir = Path(config_dir)
     times: dict[str, float] = {}
     for stage in stages:
+        extra: Mapping[str, Any] = {}
+        if isinstance(stage, Mapping):
+            extra = stage.get("overrides", {})
+            stage = stage["config"]
         names = [stage] if isinstance(stage, str) else list(stage)
-        key = names[0]
-        output = (skip_if_exists or {}).get(key)
+        key = names[0] + "".join(f" {k}={v}" for k, v in extra.items())
+        output = (skip_if_exists or {}).get(names[0])
         if output is not None and Path(output).exists():
             logger.info("stage %s skipped: its output %s exists", key, output)
             times[key] = 0.0
             continue
         logger.info("running stage %s", key)
-        times[key] = run_stage([config_dir / n for n in names] + [Path(o) for o in overlays], overrides=overrides)
+        times[key] = run_stage(
+            [config_dir / n for n in names] + [Path(o) for o in overlays], overrides={**(overrides or {}), **extra}
+        )
     return times

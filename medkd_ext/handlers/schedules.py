@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 from ignite.engine import Engine, Events
@@ -45,27 +46,43 @@ def decay_value(epoch: float, start: float, decay: float, floor: float) -> float
     return float(max(floor, start * decay**epoch))
 
 
-def _set(engine: Engine, target: Any, term: str | None, attribute: str, value: float) -> None:
-    if term is not None:
-        terms = getattr(engine, "loss_terms", None)
-        if terms is None or term not in terms:
-            available = list(terms) if terms is not None else []
+def _set_path(obj: Any, attribute: str, value: float) -> None:
+    *parents, name = attribute.split(".")
+    for part in parents:
+        obj = getattr(obj, part)
+    setattr(obj, name, value)
+
+
+def _has_path(obj: Any, attribute: str) -> bool:
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
+def _set(engine: Engine, target: Any, terms: Sequence[str] | None, attribute: str, value: float) -> None:
+    if terms is None:
+        _set_path(target, attribute, value)
+        return
+    engine_terms = getattr(engine, "loss_terms", None)
+    for term in terms:
+        if engine_terms is None or term not in engine_terms:
+            available = list(engine_terms) if engine_terms is not None else []
             raise ValueError(f"schedule: the engine has no loss term '{term}'; its terms are {available}.")
-        setattr(terms[term], attribute, value)
-    else:
-        setattr(target, attribute, value)
+        _set_path(engine_terms[term], attribute, value)
 
 
 class _EpochSchedule(ABC):
     """Sets an attribute of a target (or of a trainer's loss term) from a function of the epoch."""
 
-    def __init__(self, target: Any, term: str | None, attribute: str) -> None:
+    def __init__(self, target: Any, term: str | Sequence[str] | None, attribute: str) -> None:
         if (target is None) == (term is None):
             raise ValueError("schedule: give exactly one of `target` (an object) and `term` (a loss term name).")
-        if target is not None and not hasattr(target, attribute):
+        if target is not None and not _has_path(target, attribute):
             raise ValueError(f"schedule: {type(target).__name__} has no attribute '{attribute}' to schedule.")
         self.target = target
-        self.term = term
+        self.term = [term] if isinstance(term, str) else (list(term) if term is not None else None)
         self.attribute = attribute
         self.value: float | None = None
 
@@ -87,15 +104,16 @@ class RampHandler(_EpochSchedule):
     """Curriculum ramp of a loss weight or any attribute, set at the start of every epoch.
 
     Value: 0 during ``warmup`` epochs, then from ``start_value`` to ``max_value`` over ``ramp`` epochs (linear or
-    cosine), see :func:`ramp_value`. Apply it to a ``DistillationTrainer`` loss term by name (``term="feat"``,
-    ``attribute="weight"`` or ``"scale"``) or to any object's attribute (``target=@loss, attribute="weight"``).
+    cosine), see :func:`ramp_value`. Apply it to ``DistillationTrainer`` loss terms by name (``term="feat"`` or a
+    list of names, ``attribute="weight"`` or ``"scale"``; a dotted path such as ``"loss.temperature"`` reaches into
+    the term's loss) or to any object's attribute (``target=@loss, attribute="weight"``).
 
     Args:
         warmup: epochs at 0.
         ramp: epochs of the rise.
         max_value: final value.
         mode: ``"linear"`` or ``"cosine"``.
-        term: name of a loss term of the engine this handler is attached to.
+        term: name (or list of names) of loss terms of the engine this handler is attached to.
         target: object whose ``attribute`` is set (when ``term`` is not given).
         attribute: attribute name; ``"weight"`` by default.
         start_value: value at the first epoch after the warm-up.
@@ -107,7 +125,7 @@ class RampHandler(_EpochSchedule):
         ramp: int,
         max_value: float = 1.0,
         mode: str = "linear",
-        term: str | None = None,
+        term: str | Sequence[str] | None = None,
         target: Any = None,
         attribute: str = "weight",
         start_value: float = 0.0,
@@ -123,7 +141,8 @@ class RampHandler(_EpochSchedule):
 class DecayHandler(_EpochSchedule):
     """Per-epoch multiplicative decay to a floor, ``max(floor, start * decay ** epoch)``, set each epoch start.
 
-    Used for annealing a distillation temperature (``target=@con_loss, attribute="temperature"``).
+    Used for annealing a distillation temperature (``target=@con_loss, attribute="temperature"``, or
+    ``term="con", attribute="loss.temperature"`` for a trainer's loss term).
     """
 
     def __init__(
@@ -131,7 +150,7 @@ class DecayHandler(_EpochSchedule):
         start: float,
         decay: float,
         floor: float,
-        term: str | None = None,
+        term: str | Sequence[str] | None = None,
         target: Any = None,
         attribute: str = "temperature",
     ) -> None:

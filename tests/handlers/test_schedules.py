@@ -81,3 +81,25 @@ def test_dann_lambda_handler_follows_progress():
     assert all(a[0] < b[0] for a, b in zip(values, values[1:]))
     with pytest.raises(ValueError, match="no GradientReversal"):
         DANNLambdaHandler(torch.nn.Linear(2, 2))
+
+
+def test_schedules_reach_several_terms_and_dotted_attributes():
+    class Term:
+        def __init__(self):
+            self.scale = 1.0
+            self.loss = _Box()
+
+    engine = Engine(lambda e, b: None)
+    engine.loss_terms = {"con": Term(), "feat": Term(), "seg": Term()}
+    RampHandler(warmup=1, ramp=2, term=["con", "feat"], attribute="scale").attach(engine)
+    DecayHandler(start=4.0, decay=0.5, floor=1.0, term="con", attribute="loss.temperature").attach(engine)
+    seen = []
+    engine.add_event_handler(
+        Events.EPOCH_STARTED,
+        lambda e: seen.append((e.loss_terms["con"].scale, e.loss_terms["feat"].scale, e.loss_terms["seg"].scale,
+                               e.loss_terms["con"].loss.temperature)),
+    )
+    engine.run(range(1), max_epochs=4)
+    assert seen == [(0.0, 0.0, 1.0, 4.0), (0.5, 0.5, 1.0, 2.0), (1.0, 1.0, 1.0, 1.0), (1.0, 1.0, 1.0, 1.0)]
+    with pytest.raises(ValueError, match="no attribute 'loss.nope'"):
+        RampHandler(1, 1, target=Term(), attribute="loss.nope")
