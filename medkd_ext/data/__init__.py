@@ -6,7 +6,9 @@ from typing import Any
 
 from .datalist import check_files_exist, load_datalist
 from .noise import LABEL_NOISE_MODES, apply_label_noise_to_items, inject_label_noise
+from .parts import ALL_CASES, datalist_part
 from .sampling import overlapping_subsets, patient_split, power_law_counts, power_law_imbalance
+from .segmentation import segmentation_datalists
 
 # demo.py is also run as a script (python -m medkd_ext.data.demo); importing it lazily keeps runpy from
 # finding it already imported by this package.
@@ -19,6 +21,7 @@ _DEMO_NAMES = (
     "ensure_segmentation_demo",
     "make_classification_demo",
     "make_segmentation_demo",
+    "segmentation_demo_dir",
 )
 
 
@@ -34,6 +37,8 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_DEMO_NAMES))
 
 __all__ = [
+    "ALL_CASES",
+    "datalist_part",
     "CLASSIFICATION_CLASS_NAMES",
     "DEMO_MANIFEST_NAME",
     "LABEL_NOISE_MODES",
@@ -51,4 +56,6 @@ __all__ = [
     "patient_split",
     "power_law_counts",
     "power_law_imbalance",
+    "segmentation_datalists",
+    "segmentation_demo_dir",
 ]

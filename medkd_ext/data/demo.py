@@ -63,6 +63,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "segmentation_demo_dir",
     "DEMO_MANIFEST_NAME",
     "SEGMENTATION_DOMAINS",
     "CLASSIFICATION_CLASS_NAMES",
@@ -686,6 +687,15 @@ def ensure_segmentation_demo(
     """
     base = Path(root).expanduser() if root is not None else default_demo_root()
     return make_segmentation_demo(base / "segmentation", seed=seed, **kwargs)
+
+
+def segmentation_demo_dir(root: str | os.PathLike | None = None, seed: int = 0) -> str:
+    """Folder of the segmentation demo (``<root>/segmentation``, one sub-folder per domain), generated on first use.
+
+    The default ``dataset_dir`` of the joint-teacher bundle: evaluated only when the user does not give one.
+    """
+    paths = ensure_segmentation_demo(root, seed=seed)
+    return str(Path(next(iter(paths.values()))).parent.parent)
 
 
 def ensure_classification_demo(
