@@ -1,6 +1,8 @@
 """Ignite handlers: smooth parameter averaging and training schedules."""
 
 from medkd_ext.handlers.averaging import SmoothAveragingHandler, recompute_batchnorm
+from medkd_ext.handlers.checkpoint import StateDictSaver
+from medkd_ext.handlers.checkpoints import BestStateDictSaver
 from medkd_ext.handlers.reports import (
     ClassificationReportHandler,
     ProbabilityWriter,
@@ -10,6 +12,8 @@ from medkd_ext.handlers.reports import (
 from medkd_ext.handlers.schedules import DANNLambdaHandler, DecayHandler, RampHandler, decay_value, ramp_value
 
 __all__ = [
+    "StateDictSaver",
+    "BestStateDictSaver",
     "ClassificationReportHandler",
     "SegmentationReportHandler",
     "ProbabilityWriter",
