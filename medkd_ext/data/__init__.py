@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .datalist import check_files_exist, load_datalist
+from .datalist import check_files_exist, list_images, load_datalist
 from .noise import LABEL_NOISE_MODES, apply_label_noise_to_items, inject_label_noise
 from .parts import ALL_CASES, datalist_part
 from .sampling import overlapping_subsets, patient_split, power_law_counts, power_law_imbalance
@@ -49,6 +49,7 @@ __all__ = [
     "ensure_classification_demo",
     "ensure_segmentation_demo",
     "inject_label_noise",
+    "list_images",
     "load_datalist",
     "make_classification_demo",
     "make_segmentation_demo",

@@ -251,3 +251,37 @@ def check_files_exist(
             f"case {index} (image {image}): the '{key}' file {p} does not exist{more}; "
             "check `dataset_dir` / the datalist."
         )
+
+
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg")
+
+
+def list_images(folder: str | os.PathLike) -> list[str]:
+    """The images of an inference folder: image files (NIfTI, NRRD, MHA, PNG, JPEG), folders holding one DICOM
+    series, or ``folder`` itself when it is one image file or holds one DICOM series. Sorted, as strings.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        ValueError: no image is found (the message lists what the folder holds).
+    """
+    root = Path(folder)
+    if not root.exists():
+        raise FileNotFoundError(f"image folder {root} does not exist; set `dataset_dir` or `dataset#data`.")
+    if root.is_file():
+        return [str(root)]
+    if any(p.suffix.lower() == ".dcm" for p in root.iterdir() if p.is_file()):
+        return [str(root)]
+    found = []
+    for path in sorted(root.iterdir()):
+        name = path.name.lower()
+        if path.is_file() and name.endswith(_IMAGE_SUFFIXES):
+            found.append(str(path))
+        elif path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir() if p.is_file()):
+            found.append(str(path))
+    if not found:
+        content = sorted(p.name for p in root.iterdir())[:10]
+        raise ValueError(
+            f"no image found in {root} (looked for {', '.join(_IMAGE_SUFFIXES)} files and DICOM series folders); "
+            f"it holds {content}."
+        )
+    return found

@@ -10,6 +10,7 @@ from medkd_ext.engines.distillation import (
     loss_parameters,
     loss_terms_output,
 )
+from medkd_ext.engines.evaluation import evaluate_segmentation
 from medkd_ext.engines.multilevel import DISTILLATION_SITES, multilevel_distillation_terms
 from medkd_ext.engines.stages import locate_bundle, run_stage, run_stages
 
@@ -27,4 +28,5 @@ __all__ = [
     "loss_parameters",
     "multilevel_distillation_terms",
     "DISTILLATION_SITES",
+    "evaluate_segmentation",
 ]

@@ -1,0 +1,348 @@
+"""The RoS-KD recipe (Jaiswal et al., "RoS-KD: A Robust Stochastic Knowledge Distillation Approach for Noisy Medical
+Imaging") and its baselines, as the pieces ``bundles/roskd_classification`` assembles from its configs.
+
+- :func:`prepare_training_items`: label checks, a patient-level train/validation split and simulated label noise on
+  the training split only;
+- :func:`teacher_subset`: the training subset of teacher ``i`` (``overlapping_subsets``, Sec. III-A);
+- :func:`run_teacher_stages`: trains teachers ``1 .. k-1`` by running the teacher stage config once per index;
+- :func:`load_teachers`, :func:`roskd_loss_terms`, :func:`uses_smoothing`: one key, ``method``, selects RoS-KD or
+  one of the paper's baselines (Sec. IV-C): which teachers are distilled, with which loss, and whether the final
+  model is the smooth parameter average ``M_smooth`` (eq. 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from numbers import Integral
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medkd_ext.data.datalist import check_files_exist, load_datalist
+from medkd_ext.data.noise import apply_label_noise_to_items
+from medkd_ext.data.sampling import overlapping_subsets, patient_split
+from medkd_ext.engines.distillation import ALL_TEACHERS, LABEL, LossTerm
+from medkd_ext.engines.stages import run_stage
+from medkd_ext.losses.response import KDLoss, MultiTeacherKDLoss
+from medkd_ext.networks.checkpoint import load_state_dict
+
+__all__ = [
+    "ROSKD_METHODS",
+    "TEACHER_STAGE",
+    "check_method",
+    "check_teacher_list",
+    "class_names_from_datalist",
+    "evaluation_items",
+    "load_teachers",
+    "method_teacher_indices",
+    "prepare_training_items",
+    "roskd_loss_terms",
+    "run_teacher_stages",
+    "supervised_loss",
+    "teacher_checkpoint",
+    "teacher_subset",
+    "uses_smoothing",
+]
+
+logger = logging.getLogger(__name__)
+
+ROSKD_METHODS: dict[str, str] = {
+    "student_only": "Baseline I: the student trained alone with cross-entropy (BCE for multi-label)",
+    "hinton_kd": "Baseline II: single-teacher Hinton KD from the DenseNet-121 teacher",
+    "uniform_mkd": "Baseline III: multi-teacher KD, equal weights on the teachers' averaged outputs",
+    "roskd_no_smoothing": "Baseline V: RoS-KD without smooth parameter averaging (final weights)",
+    "roskd": "RoS-KD: stochastic (exponential) teacher weights per iteration and smooth parameter averaging",
+}
+"""``method`` values of the bundle (the paper's Baseline IV, RL-learned teacher weights, is not implemented)."""
+
+TEACHER_STAGE = "configs/train_teachers.json"
+"""The stage that writes the teacher checkpoints, named in errors about missing ones."""
+
+def check_method(method: str) -> str:
+    """Return ``method`` if it is one of :data:`ROSKD_METHODS`, else raise ``ValueError`` listing them."""
+    if method not in ROSKD_METHODS:
+        choices = ", ".join(f"'{m}'" for m in ROSKD_METHODS)
+        raise ValueError(f"method must be one of {choices}; got {method!r}.")
+    return method
+
+
+def uses_smoothing(method: str) -> bool:
+    """Whether ``method`` keeps ``M_smooth`` (RoS-KD eq. 1) as the final model; only ``"roskd"`` does."""
+    return check_method(method) == "roskd"
+
+
+def method_teacher_indices(method: str, num_teachers: int, hinton_teacher: int) -> list[int]:
+    """Indices of the teachers ``method`` distils: none (Baseline I), the Hinton teacher (II), or all ``k``."""
+    check_method(method)
+    if method == "student_only":
+        return []
+    if method == "hinton_kd":
+        if isinstance(hinton_teacher, bool) or not isinstance(hinton_teacher, Integral):
+            raise TypeError(f"hinton_teacher must be an integer teacher index, got {hinton_teacher!r}.")
+        if not 0 <= hinton_teacher < num_teachers:
+            raise ValueError(
+                f"hinton_teacher={hinton_teacher} is not a teacher index in [0, {num_teachers}); set it to the "
+                "index of the DenseNet-121 teacher in teacher_defs."
+            )
+        return [int(hinton_teacher)]
+    return list(range(num_teachers))
+
+
+def supervised_loss(multi_label: bool) -> nn.Module:
+    """Cross-entropy on logits (multi-class) or binary cross-entropy on logits (multi-label)."""
+    return nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss()
+
+
+def roskd_loss_terms(method: str, temperature: float, alpha: float, multi_label: bool = False) -> list[LossTerm]:
+    """The loss terms of ``method`` for :class:`~medkd_ext.engines.DistillationTrainer` (RoS-KD eq. 3-4).
+
+    Distilling methods train on ``alpha * kd + (1 - alpha) * ce`` with the distillation term
+    ``"kd"`` and the supervised term ``"ce"`` (cross-entropy, or BCE when ``multi_label``):
+
+    - ``"student_only"`` (Baseline I): ``ce`` alone, weight 1;
+    - ``"hinton_kd"`` (II): ``KDLoss(temperature)`` from the one teacher given to the trainer;
+    - ``"uniform_mkd"`` (III): ``MultiTeacherKDLoss(temperature, "uniform")`` over all teachers;
+    - ``"roskd_no_smoothing"`` (V) and ``"roskd"``: ``MultiTeacherKDLoss(temperature, "exponential")``, teacher
+      weights drawn afresh at every iteration (eq. 4).
+
+    Args:
+        method: one of :data:`ROSKD_METHODS`.
+        temperature: softening temperature ``tau > 0`` (paper: 0.5).
+        alpha: weight of the distillation term in ``[0, 1]`` (paper: 0.9).
+        multi_label: per-class sigmoid/Bernoulli KL and BCE instead of softmax KL and cross-entropy.
+    """
+    check_method(method)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be a number in [0, 1] (weight of the distillation term), got {alpha!r}.")
+    ce = supervised_loss(multi_label)
+    if method == "student_only":
+        return [LossTerm("ce", ce, weight=1.0, teacher=LABEL)]
+    if method == "hinton_kd":
+        kd = LossTerm("kd", KDLoss(temperature, multi_label=multi_label), weight=float(alpha))
+    else:
+        weighting = "uniform" if method == "uniform_mkd" else "exponential"
+        loss = MultiTeacherKDLoss(temperature, weighting, multi_label=multi_label)
+        kd = LossTerm("kd", loss, weight=float(alpha), teachers=ALL_TEACHERS)
+    return [kd, LossTerm("ce", ce, weight=1.0 - float(alpha), teacher=LABEL)]
+
+
+def check_teacher_list(teacher_defs: Sequence[Any], num_teachers: int) -> None:
+    """Raise ``ValueError`` unless there is exactly one teacher network per subset (``len == k``)."""
+    if isinstance(num_teachers, bool) or not isinstance(num_teachers, Integral) or num_teachers < 1:
+        raise ValueError(f"num_teachers (k) must be a positive integer, got {num_teachers!r}.")
+    if not isinstance(teacher_defs, Sequence) or isinstance(teacher_defs, (str, bytes)):
+        raise TypeError(f"teacher_defs must be a list of networks, got {type(teacher_defs).__name__}.")
+    if len(teacher_defs) != num_teachers:
+        raise ValueError(
+            f"teacher_defs lists {len(teacher_defs)} networks but num_teachers (k) is {num_teachers}: teacher i is "
+            "trained on subset i, so give exactly k networks (or set num_teachers to the length of the list)."
+        )
+
+
+def teacher_checkpoint(models_dir: str | os.PathLike, index: int) -> str:
+    """``<models_dir>/teacher_<index>.pt``."""
+    return os.path.join(os.fspath(models_dir), f"teacher_{int(index)}.pt")
+
+
+def load_teachers(
+    method: str,
+    teacher_defs: Sequence[nn.Module],
+    models_dir: str | os.PathLike,
+    device: str | torch.device,
+    hinton_teacher: int,
+) -> dict[str, nn.Module]:
+    """The trained teachers ``method`` distils, loaded from ``models/teacher_<i>.pt``, keyed by their index.
+
+    Every checkpoint the method needs is checked before any is loaded, so a missing one is reported with the stage
+    to run (``configs/train_teachers.json``) before training starts.
+
+    Args:
+        method: one of :data:`ROSKD_METHODS`.
+        teacher_defs: the ``k`` teacher networks (untrained instances).
+        models_dir: folder of the teacher checkpoints.
+        device: device to put the teachers on.
+        hinton_teacher: index of the single teacher of ``"hinton_kd"``.
+
+    Returns:
+        ``{"<i>": teacher_i}`` (empty for ``"student_only"``).
+    """
+    indices = method_teacher_indices(method, len(teacher_defs), hinton_teacher)
+    paths = {i: teacher_checkpoint(models_dir, i) for i in indices}
+    missing = [path for path in paths.values() if not os.path.isfile(path)]
+    if missing:
+        raise FileNotFoundError(
+            f"method '{method}' needs the teacher checkpoint(s) {missing}, which do not exist: run {TEACHER_STAGE} "
+            f"first (python -m monai.bundle run --config_file <bundle>/{TEACHER_STAGE}), with the same models_dir."
+        )
+    teachers = {}
+    for i in indices:
+        hint = f"written by {TEACHER_STAGE} for teacher {i}; run that stage again with the current teacher_defs"
+        network = teacher_defs[i].to(device)
+        teachers[str(i)] = load_state_dict(network, paths[i], device=device, stage_hint=hint)
+    return teachers
+
+
+def _describe(item: Mapping[str, Any], index: int) -> str:
+    return f"case {index} (image {item.get('image', '?')})"
+
+
+def _check_labels(items: Sequence[Mapping[str, Any]], num_classes: int, multi_label: bool) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 2 - int(multi_label):
+        raise ValueError(f"num_classes must be an integer >= {2 - int(multi_label)}, got {num_classes!r}.")
+    for index, item in enumerate(items):
+        if "label" not in item:
+            raise ValueError(f"{_describe(item, index)} has no 'label'; every training case needs one.")
+        label = item["label"]
+        if hasattr(label, "tolist"):
+            label = label.tolist()
+        if multi_label:
+            if (
+                not isinstance(label, (list, tuple))
+                or len(label) != num_classes
+                or any(isinstance(v, bool) or v not in (0, 1) for v in label)
+            ):
+                raise ValueError(
+                    f"{_describe(item, index)} has label {label!r}; a multi-label label must be a multi-hot list of "
+                    f"num_classes={num_classes} zeros and ones: fix the datalist or num_classes."
+                )
+        elif isinstance(label, bool) or not isinstance(label, Integral) or not 0 <= label < num_classes:
+            raise ValueError(
+                f"{_describe(item, index)} has label {label!r}, outside the classes [0, {num_classes}); labels must "
+                "be integer class indices: fix the datalist, set num_classes, or pass multi_label=true for multi-hot "
+                "labels."
+            )
+
+
+def prepare_training_items(
+    items: Sequence[Mapping[str, Any]],
+    num_classes: int,
+    multi_label: bool,
+    val_fraction: float,
+    noise_rate: float,
+    seed: int = 0,
+    noise_mode: str = "symmetric",
+) -> dict[str, list[dict[str, Any]]]:
+    """Check the labelled cases, split off a validation set and corrupt the training labels.
+
+    Labels are checked first (integer class indices in ``[0, C)``, or multi-hot lists of length ``C``), and the
+    files are checked to exist, so that a bad datalist fails before any training. The validation set is drawn by
+    patient when every case has a ``"patient"`` entry (``patient_split``), else by case. Symmetric label noise at
+    ``noise_rate`` is then injected into the training split only (``apply_label_noise_to_items``; the original label
+    is kept under ``"clean_label"``), as in the paper's noisy-label setting.
+
+    Args:
+        items: the labelled cases (the datalist's ``"training"`` list).
+        num_classes: number of classes ``C``.
+        multi_label: multi-hot labels.
+        val_fraction: fraction of the cases held out for validation, in ``[0, 1)``.
+        noise_rate: label-noise rate in ``[0, 1]``; 0 keeps the labels.
+        seed: seed of the split and the noise.
+        noise_mode: ``"symmetric"`` or ``"symmetric_exclusive"``.
+
+    Returns:
+        ``{"train": noisy training cases, "validation": clean validation cases}``.
+    """
+    items = [dict(item) for item in items]
+    if not items:
+        raise ValueError("the datalist has no training case.")
+    _check_labels(items, num_classes, multi_label)
+    check_files_exist(items, keys=("image",))
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
+    if not 0.0 <= float(noise_rate) <= 1.0:
+        raise ValueError(f"noise_rate must be in [0, 1], got {noise_rate!r}.")
+    if float(val_fraction) == 0.0:
+        train, val = items, []
+    elif all("patient" in item for item in items):
+        train, val = patient_split(items, (1.0 - float(val_fraction), float(val_fraction)), seed=seed)
+    else:
+        order = np.random.default_rng(seed).permutation(len(items))
+        n_val = max(1, int(round(float(val_fraction) * len(items))))
+        chosen = set(order[:n_val].tolist())
+        train = [item for i, item in enumerate(items) if i not in chosen]
+        val = [item for i, item in enumerate(items) if i in chosen]
+    if not train:
+        raise ValueError(f"val_fraction={val_fraction} leaves no training case out of {len(items)}; lower it.")
+    noisy = apply_label_noise_to_items(train, float(noise_rate), num_classes, seed=seed, mode=noise_mode)
+    changed = sum(item["label"] != item["clean_label"] for item in noisy)
+    logger.info(
+        "%d training cases (%d labels changed by %.0f%% %s noise), %d validation cases",
+        len(noisy), changed, 100 * float(noise_rate), noise_mode, len(val),
+    )
+    return {"train": noisy, "validation": val}
+
+
+def teacher_subset(
+    train_items: Sequence[dict[str, Any]], num_teachers: int, overlap: float, index: int, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Training cases of teacher ``index``: subset ``index`` of ``overlapping_subsets(train_items, k, overlap, seed)``.
+
+    Raises ``ValueError`` when ``k`` exceeds the number of training cases or ``index`` is not in ``[0, k)``.
+    """
+    if isinstance(index, bool) or not isinstance(index, Integral) or not 0 <= index < num_teachers:
+        raise ValueError(f"teacher_index must be an integer in [0, num_teachers={num_teachers}), got {index!r}.")
+    if isinstance(num_teachers, Integral) and num_teachers > len(train_items):
+        raise ValueError(
+            f"num_teachers (k) = {num_teachers} is larger than the training set ({len(train_items)} cases after the "
+            "validation split); lower k or add training cases."
+        )
+    return overlapping_subsets(train_items, num_teachers, overlap, seed=seed)[int(index)]
+
+
+def run_teacher_stages(
+    config_file: str | os.PathLike,
+    indices: Sequence[int],
+    overrides: Mapping[str, Any] | None = None,
+    overlays: Sequence[str | os.PathLike] = (),
+) -> dict[int, float]:
+    """Run the teacher stage config once per teacher index (override ``teacher_index``).
+
+    Args:
+        config_file: ``configs/train_teachers.json``.
+        indices: teacher indices to train.
+        overrides: top-level ids passed to every run (``device``, ``dataset_dir``, ``max_epochs``, ...).
+        overlays: configs merged after the stage config in every run (e.g. ``configs/paper.json``).
+
+    Returns:
+        teacher index -> wall time in seconds.
+    """
+    times = {}
+    for index in indices:
+        logger.info("training teacher %d", index)
+        values = {**dict(overrides or {}), "teacher_index": int(index)}
+        times[int(index)] = run_stage([Path(config_file), *[Path(o) for o in overlays]], overrides=values)
+    return times
+
+
+def class_names_from_datalist(datalist: str | os.PathLike, num_classes: int) -> list[str]:
+    """Class names from the ``"labels"`` entry of an MSD-style ``dataset.json`` (``{"0": name, ...}``).
+
+    Falls back to ``"0", "1", ...`` for a CSV datalist or when the entry is missing or has another length.
+    """
+    names = [str(i) for i in range(int(num_classes))]
+    path = Path(datalist)
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return names
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8")).get("labels")
+    except (OSError, ValueError, AttributeError):
+        return names
+    if isinstance(labels, Mapping) and all(str(i) in labels for i in range(int(num_classes))):
+        return [str(labels[str(i)]) for i in range(int(num_classes))]
+    return names
+
+
+def evaluation_items(
+    datalist: str | os.PathLike, key: str, num_classes: int, multi_label: bool
+) -> list[dict[str, Any]]:
+    """The labelled cases of split ``key`` of the datalist (e.g. ``"test"``), labels and files checked."""
+    items = load_datalist(datalist, key=key)
+    _check_labels(items, num_classes, multi_label)
+    check_files_exist(items, keys=("image",))
+    return items
