@@ -11,6 +11,7 @@ from medkd_ext.engines.distillation import (
     loss_terms_output,
 )
 from medkd_ext.engines.evaluation import evaluate_segmentation
+from medkd_ext.engines.multihead import MultiHeadTrainer, RoundRobin
 from medkd_ext.engines.multilevel import DISTILLATION_SITES, multilevel_distillation_terms
 from medkd_ext.engines.stages import locate_bundle, run_stage, run_stages
 
@@ -29,4 +30,6 @@ __all__ = [
     "multilevel_distillation_terms",
     "DISTILLATION_SITES",
     "evaluate_segmentation",
+    "MultiHeadTrainer",
+    "RoundRobin",
 ]
