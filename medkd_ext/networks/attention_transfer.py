@@ -1,0 +1,202 @@
+"""DenseNet checkpoints and trainable layers for attention transfer (``bundles/attention_transfer_densenet``).
+
+A teacher is any DenseNet-121 checkpoint: one written by this project (MONAI key names) or a torchvision-style one
+(``features.denseblock1.denselayer1.norm1.weight``, ``classifier.weight``), whose keys are renamed to MONAI's. The
+transfer-learning baseline of the attention-transfer paper trains all layers or only the last ``N``
+(:func:`unfreeze_last_layers`), and every student may start from the weights of a pre-trained DenseNet that fit it
+(:func:`load_matching_weights`: a DenseNet-121 checkpoint gives DenseNet-40 its stem and first two dense blocks).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medkd_ext.networks.checkpoint import _strip_wrapper_prefixes, load_state_dict
+from medkd_ext.networks.frozen import unwrap_network
+
+__all__ = ["from_torchvision_densenet", "load_densenet_teacher", "load_matching_weights", "unfreeze_last_layers"]
+
+_CLASSIFIER = "class_layers.out.weight"
+# torchvision "denselayer1.norm1.weight" (older: "denselayer1.norm.1.weight"); MONAI "denselayer1.layers.norm1.weight"
+_TV_DENSE_LAYER = re.compile(r"^(.*\.denselayer\d+)\.(norm|relu|conv)\.?([12])\.(.+)$")
+_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def from_torchvision_densenet(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the keys of a torchvision-style DenseNet state dict to those of MONAI's ``DenseNet``.
+
+    ``...denselayer<i>.norm1.*`` (or ``norm.1``) becomes ``...denselayer<i>.layers.norm1.*`` (same for ``conv1``,
+    ``norm2``, ``conv2``) and ``classifier.*`` becomes ``class_layers.out.*``. Keys already in MONAI's form are kept,
+    so the function is idempotent.
+
+    Args:
+        state_dict: the checkpoint's ``{key: tensor}``.
+
+    Returns:
+        a new dict with the renamed keys, in the same order.
+    """
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        match = _TV_DENSE_LAYER.match(key)
+        if match:
+            key = f"{match.group(1)}.layers.{match.group(2)}{match.group(3)}.{match.group(4)}"
+        elif key.startswith("classifier."):
+            key = "class_layers.out." + key[len("classifier.") :]
+        renamed[key] = value
+    return renamed
+
+
+def _read_checkpoint(path: Path, device: str | torch.device | None, hint: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint '{path}' not found{hint}.")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:
+        raise ValueError(
+            f"Checkpoint '{path}' could not be read as a weights-only PyTorch state dict "
+            f"({type(error).__name__}){hint}."
+        ) from error
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]  # e.g. checkpoints saved as {"epoch": ..., "state_dict": ...}
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"Checkpoint '{path}' is not a state dict of tensors{hint}.")
+    stripped, _ = _strip_wrapper_prefixes(state)
+    return from_torchvision_densenet(stripped)
+
+
+def load_densenet_teacher(
+    network: nn.Module,
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    stage_hint: str | None = None,
+    classes_key: str = "teacher_num_classes",
+) -> nn.Module:
+    """Load a DenseNet teacher checkpoint (MONAI or torchvision key names) into ``network``, with clear errors.
+
+    The number of classes of the checkpoint's classifier is compared with the network's first, so that a teacher
+    trained for another label set is reported as such, naming the config key to set (attention transfer uses the
+    teacher's features only, so a cross-domain teacher with other classes is fine once that key matches). Every
+    other difference (another architecture, other input channels, spatial dimensions) is reported by
+    :func:`medkd_ext.networks.load_state_dict` with the keys concerned.
+
+    Args:
+        network: the teacher network (e.g. MONAI ``DenseNet121``), possibly wrapped.
+        path: the checkpoint file.
+        device: ``map_location`` for reading.
+        stage_hint: what writes this file, added to the messages (e.g. ``"run configs/train_teacher.json"``).
+        classes_key: config key that sets the teacher's number of classes, named in the class-count message.
+
+    Returns:
+        ``network`` with the checkpoint's weights.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unreadable file, another class count, or a checkpoint that does not fit the architecture.
+    """
+    path = Path(path)
+    hint = f" ({stage_hint})" if stage_hint else ""
+    state = _read_checkpoint(path, device, hint)
+    target = unwrap_network(network).state_dict()
+    if _CLASSIFIER in state and _CLASSIFIER in target and state[_CLASSIFIER].ndim == 2:
+        found, expected = state[_CLASSIFIER].shape[0], target[_CLASSIFIER].shape[0]
+        if found != expected:
+            raise ValueError(
+                f"Teacher checkpoint '{path}' has {found} output classes but the teacher network has {expected}; "
+                f"set {classes_key}={found} (attention transfer only uses the teacher's features) or give the "
+                f"checkpoint of a teacher trained for {expected} classes{hint}."
+            )
+    # the converted dict goes through load_state_dict, the one place where keys and shapes are checked
+    with tempfile.TemporaryDirectory() as tmp:
+        converted = Path(tmp) / path.name
+        torch.save(state, converted)
+        try:
+            load_state_dict(network, converted, device=device, stage_hint=stage_hint)
+        except ValueError as error:
+            raise ValueError(str(error).replace(str(converted), str(path))) from None
+    return network
+
+
+def load_matching_weights(
+    network: nn.Module, path: str | os.PathLike, device: str | torch.device | None = None
+) -> int:
+    """Initialise ``network`` with the weights of a checkpoint whose keys and shapes match (pre-training).
+
+    This is the paper's "initialised with ImageNet weights" for any DenseNet student: a DenseNet-121 checkpoint
+    (MONAI or torchvision keys) gives DenseNet-40 its stem, first dense block, transition and second dense block;
+    a classifier of another class count is left as initialised.
+
+    Args:
+        network: the network to initialise, possibly wrapped.
+        path: the checkpoint file.
+        device: ``map_location`` for reading.
+
+    Returns:
+        the number of tensors loaded.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unreadable file, or no tensor of the checkpoint fits the network.
+    """
+    path = Path(path)
+    state = _read_checkpoint(path, device, "")
+    target = unwrap_network(network)
+    current = target.state_dict()
+    fitting = {k: v for k, v in state.items() if k in current and v.shape == current[k].shape}
+    if not fitting:
+        raise ValueError(
+            f"Checkpoint '{path}' shares no key of the same shape with {type(target).__name__} "
+            f"(checkpoint keys start {sorted(state)[:3]}, network keys {sorted(current)[:3]}); give a DenseNet "
+            "checkpoint with the network's spatial_dims and in_channels, or pretrained_ckpt=null."
+        )
+    current.update(fitting)
+    target.load_state_dict(current)
+    return len(fitting)
+
+
+def unfreeze_last_layers(network: nn.Module, num_layers: int | None = None) -> list[nn.Parameter]:
+    """Make only the last ``num_layers`` layers of ``network`` trainable; return the trainable parameters.
+
+    A layer is a convolution or a fully-connected layer, counted as in a DenseNet's name (DenseNet-121: 120
+    convolutions and the classifier). Every parameter registered from the ``num_layers``-th layer from the end
+    onwards (those layers and the normalisation layers among and after them) is trainable, the rest frozen:
+    the attention-transfer paper's transfer-learning baseline unfreezes the last 34 layers of DenseNet-121
+    (transition 3, dense block 4 and the classifier). ``None`` makes every parameter trainable.
+
+    Args:
+        network: the network, possibly wrapped.
+        num_layers: number of last layers to train, ``1 <= num_layers <=`` number of layers, or ``None``.
+
+    Returns:
+        the parameters with ``requires_grad=True``, for the optimizer.
+
+    Raises:
+        ValueError: ``num_layers`` out of range.
+    """
+    inner = unwrap_network(network)
+    modules = list(inner.modules())
+    layer_positions = [i for i, m in enumerate(modules) if isinstance(m, _LAYER_TYPES)]
+    if num_layers is None:
+        first = 0
+    else:
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= len(
+            layer_positions
+        ):
+            raise ValueError(
+                f"unfreeze_last_layers: num_layers must be an int from 1 to {len(layer_positions)} (the conv/linear "
+                f"layers of {type(inner).__name__}) or None for all layers, got {num_layers!r}."
+            )
+        first = layer_positions[-num_layers]
+    trainable: list[nn.Parameter] = []
+    for i, module in enumerate(modules):
+        for param in module.parameters(recurse=False):
+            param.requires_grad_(i >= first)
+            if i >= first:
+                trainable.append(param)
+    return trainable
