@@ -1,0 +1,257 @@
+"""bundles/joint_teacher_seg: every stage on tiny data, the model-zoo checks, inference geometry, bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow, run
+from monai.transforms import LoadImage
+
+from medkd_ext.data import make_segmentation_demo
+from tests.bundles.bundle_checks import REPO, check_export, check_metadata, check_net_in_out, check_properties
+
+BUNDLE = REPO / "bundles" / "joint_teacher_seg"
+CONFIGS = BUNDLE / "configs"
+
+pytestmark = pytest.mark.slow
+
+
+def _tiny(tmp: Path, **extra) -> dict:
+    """Overrides for a fast run: 1 epoch per stage, 16^3 patches, narrow networks."""
+    return {
+        "bundle_root": str(BUNDLE),
+        "dataset_dir": str(tmp / "data"),
+        "ckpt_dir": str(tmp / "models"),
+        "output_dir": str(tmp / "eval"),
+        "target_teacher_max_epochs": 1,
+        "source_teacher_max_epochs": 1,
+        "joint_max_epochs": 1,
+        "max_epochs": 1,
+        "val_interval": 1,
+        "roi_size": [24, 24, 24],
+        "teacher_width": 4,
+        "student_width": 4,
+        "max_tokens": 64,
+        "curriculum_warmup": 0,
+        "curriculum_ramp": 1,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("jt")
+    make_segmentation_demo(tmp / "data", seed=0, size=(24, 24, 24), n_target_train=3, n_target_test=2, n_source=3)
+    overrides = _tiny(tmp)
+    run(config_file=str(CONFIGS / "train.json"), **overrides)
+    return tmp, overrides
+
+
+def _load(path):
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+def test_train_json_runs_every_stage_and_writes_a_report(trained):
+    tmp, _ = trained
+    models = tmp / "models"
+    expected = {"teacher_target.pt", "teacher_source_0.pt", "teacher_source_1.pt", "joint_teacher.pt", "model.pt"}
+    assert expected <= {p.name for p in models.iterdir()}
+    summary = (tmp / "eval" / "metrics.md").read_text()
+    assert "| target |" in summary and "HD95" in summary
+    per_case = (tmp / "eval" / "target_metrics.csv").read_text()
+    assert "IoU" in per_case and "Precision" in per_case
+
+
+def test_frozen_teachers_are_bit_identical_after_stages_2_and_3(trained):
+    tmp, overrides = trained
+    models = tmp / "models"
+    joint = _load(models / "joint_teacher.pt")
+    for k, name in enumerate(["teacher_target", "teacher_source_0", "teacher_source_1"]):
+        teacher = _load(models / f"{name}.pt")
+        for key, value in teacher.items():
+            assert torch.equal(joint[f"teachers.{k}.{key}"], value), (name, key)
+    # stage 3: the student trains; the joint teacher (teachers, fusion, decoder) does not move
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "train_student.json")],
+        workflow_type="train",
+        **{**overrides, "ckpt_dir": str(models), "output_dir": str(tmp / "eval_student")},
+    )
+    workflow.initialize()
+    trainer = workflow.trainer
+    joint_net = trainer.teachers["joint"]
+    before = {k: v.clone() for k, v in joint_net.state_dict().items()}
+    student_before = [p.clone() for p in trainer.network.parameters()]
+    trainer.run()
+    for key, value in joint_net.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert any(not torch.equal(a, b) for a, b in zip(student_before, trainer.network.parameters()))
+    assert set(trainer.loss_terms) >= {"seg", "con", "sim", "feat_0"}
+
+
+def test_curriculum_and_temperature_follow_the_config(trained):
+    tmp, overrides = trained
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "train_student.json")],
+        workflow_type="train",
+        **{**overrides, "max_epochs": 3, "curriculum_warmup": 1, "curriculum_ramp": 2, "temperature_start": 4.0,
+           "temperature_decay": 0.5, "temperature_floor": 1.5, "con_weight_start": 0.1, "con_weight_max": 0.3,
+           "con_weight_ramp": 2, "output_dir": str(tmp / "eval_schedule"), "ckpt_file": str(tmp / "schedule.pt")},
+    )
+    workflow.initialize()
+    trainer = workflow.trainer
+    seen = []
+    trainer.add_event_handler(
+        Events.EPOCH_STARTED,
+        lambda e: seen.append((e.loss_terms["feat_0"].scale, e.loss_terms["con"].weight,
+                               e.loss_terms["con"].loss.temperature, e.loss_terms["seg"].scale)),
+    )
+    trainer.run()
+    expected = [(0.0, 0.2, 4.0, 1.0), (0.5, 0.3, 2.0, 1.0), (1.0, 0.3, 1.5, 1.0)]
+    assert [v for row in seen for v in row] == pytest.approx([v for row in expected for v in row])
+
+
+def test_bundle_checks(trained, tmp_path):
+    tmp, overrides = trained
+    check_metadata(BUNDLE)
+    for config in (["train_target_teacher.json"], ["train_source_teacher.json"], ["train_joint.json"], ["train.json"],
+                   ["train.json", "train_student.json"], ["train.json", "evaluate.json"]):
+        assert check_properties(BUNDLE, config, "train", overrides) == [], config
+    infer = {"bundle_root": str(BUNDLE), "ckpt_dir": str(tmp / "models"), "student_width": 4,
+             "dataset_dir": str(tmp / "data" / "target" / "imagesTs")}
+    assert check_properties(BUNDLE, "inference.json", "infer", infer) == []
+    check_net_in_out(BUNDLE, {"student_width": 4}, n=2)
+    check_export(BUNDLE, tmp / "models" / "model.pt", tmp_path, (1, 1, 16, 16, 16), {"student_width": 4})
+
+
+def _oblique_nifti(path: Path) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(20, 26, 14)).astype(np.float32)
+    affine = np.diag([-0.9, 1.3, 2.1, 1.0])
+    c, s = np.cos(0.3), np.sin(0.3)
+    affine[:3, :3] = affine[:3, :3] @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    affine[:3, 3] = [12.0, -40.0, 7.5]
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return affine
+
+
+def _dicom_series(folder: Path) -> None:
+    import SimpleITK as sitk
+
+    folder.mkdir()
+    volume = sitk.GetImageFromArray(np.random.default_rng(1).integers(0, 400, size=(10, 18, 22)).astype(np.int16))
+    volume.SetSpacing((0.8, 0.9, 2.5))
+    volume.SetOrigin((-10.0, 5.0, 30.0))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series = "1.2.826.0.1.3680043.2.1125.1.99999"
+    for i in range(volume.GetDepth()):
+        image = volume[:, :, i]
+        for tag, value in {
+            "0008|0060": "CT",
+            "0020|000e": series,
+            "0020|000d": series + ".1",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0032": "\\".join(map(str, volume.TransformIndexToPhysicalPoint((0, 0, i)))),
+            "0020|0013": str(i + 1),
+        }.items():
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice_{i:03d}.dcm"))
+        writer.Execute(image)
+
+
+def test_inference_keeps_shape_and_affine_of_nifti_and_dicom(trained, tmp_path):
+    tmp, _ = trained
+    images = tmp_path / "images"
+    images.mkdir()
+    affine = _oblique_nifti(images / "oblique.nii.gz")
+    _dicom_series(images / "series_a")
+    out = tmp_path / "out"
+    run(config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE), ckpt_dir=str(tmp / "models"),
+        student_width=4, dataset_dir=str(images), output_dir=str(out))
+    mask = nib.load(str(out / "oblique_seg.nii.gz"))
+    assert mask.shape == (20, 26, 14)
+    np.testing.assert_allclose(mask.affine, affine, atol=1e-4)
+    assert set(np.unique(mask.get_fdata())) <= {0.0, 1.0}
+    dicom = LoadImage(image_only=True)(str(images / "series_a"))
+    saved = [p for p in out.iterdir() if p.name.startswith("series_a")]
+    assert len(saved) == 1
+    dicom_mask = nib.load(str(saved[0]))
+    assert dicom_mask.shape == tuple(dicom.shape)
+    np.testing.assert_allclose(dicom_mask.affine, np.asarray(dicom.affine), atol=1e-3)
+
+
+def test_missing_stage_inputs_name_the_stage(tmp_path):
+    make_segmentation_demo(tmp_path / "data", seed=0, size=(24, 24, 24), n_target_train=2, n_target_test=1, n_source=1)
+    overrides = _tiny(tmp_path)
+    student_stage = [str(CONFIGS / "train.json"), str(CONFIGS / "train_student.json")]
+    _expect_error("train_joint.json", run, config_file=student_stage, **overrides)
+    _expect_error("train_target_teacher.json", run, config_file=str(CONFIGS / "train_joint.json"), **overrides)
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+
+def _broken_copy(tmp_path: Path, edit) -> dict:
+    make_segmentation_demo(tmp_path / "data", seed=0, size=(24, 24, 24), n_target_train=2, n_target_test=1, n_source=1)
+    target = tmp_path / "data" / "target"
+    edit(target)
+    return _tiny(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing_image", "does not exist"),
+        ("shape_mismatch", "shape"),
+        ("label_out_of_range", "outside"),
+        ("empty_datalist", "no cases"),
+        ("empty_source", "source dataset 0"),
+    ],
+)
+def test_bad_input_is_reported_before_training(tmp_path, case, message):
+    def edit(target: Path) -> None:
+        listing = json.loads((target / "dataset.json").read_text())
+        first = listing["training"][0]
+        if case == "missing_image":
+            (target / first["image"]).unlink()
+        elif case == "shape_mismatch":
+            img = nib.load(str(target / first["label"]))
+            nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), img.affine), str(target / first["label"]))
+        elif case == "label_out_of_range":
+            img = nib.load(str(target / first["label"]))
+            data = np.asarray(img.dataobj).copy()
+            data[0, 0, 0] = 7
+            nib.save(nib.Nifti1Image(data, img.affine), str(target / first["label"]))
+        elif case == "empty_datalist":
+            listing["training"] = []
+            (target / "dataset.json").write_text(json.dumps(listing))
+        elif case == "empty_source":
+            source = target.parent / "source_1" / "dataset.json"
+            content = json.loads(source.read_text())
+            content["training"] = []
+            source.write_text(json.dumps(content))
+
+    overrides = _broken_copy(tmp_path, edit)
+    _expect_error(message, run, config_file=str(CONFIGS / "train.json"), **overrides)
+    assert not (tmp_path / "models" / "teacher_target.pt").exists()
+    shutil.rmtree(tmp_path / "data")
+
+
+def _expect_error(pattern: str, fn, *args, **kwargs) -> None:
+    """``fn`` raises, and some exception of the chain (MONAI wraps config errors) matches ``pattern``."""
+    with pytest.raises(Exception) as info:
+        fn(*args, **kwargs)
+    text = " | ".join(str(e) for e in _chain(info.value))
+    assert re.search(pattern, text), text
+
+
+def _chain(error: BaseException):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
