@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from numbers import Integral
 from pathlib import Path
 from typing import Any
@@ -29,12 +29,14 @@ from medkd_ext.data.noise import apply_label_noise_to_items
 from medkd_ext.data.sampling import overlapping_subsets, patient_split
 from medkd_ext.engines.distillation import ALL_TEACHERS, LABEL, LossTerm
 from medkd_ext.engines.stages import run_stage
+from medkd_ext.handlers.averaging import recompute_batchnorm
 from medkd_ext.losses.response import KDLoss, MultiTeacherKDLoss
-from medkd_ext.networks.checkpoint import load_state_dict
+from medkd_ext.networks.checkpoint import load_state_dict, save_state_dict
 
 __all__ = [
     "ROSKD_METHODS",
     "TEACHER_STAGE",
+    "as_flag",
     "check_method",
     "check_teacher_list",
     "class_names_from_datalist",
@@ -44,6 +46,7 @@ __all__ = [
     "prepare_training_items",
     "roskd_loss_terms",
     "run_teacher_stages",
+    "save_final_network",
     "supervised_loss",
     "teacher_checkpoint",
     "teacher_subset",
@@ -63,6 +66,17 @@ ROSKD_METHODS: dict[str, str] = {
 
 TEACHER_STAGE = "configs/train_teachers.json"
 """The stage that writes the teacher checkpoints, named in errors about missing ones."""
+
+def as_flag(value: Any, name: str = "value") -> bool:
+    """A boolean config value, also from the strings a command line gives (``"true"``/``"false"``, ``"1"``/``"0"``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, Integral) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise ValueError(f"{name} must be true or false, got {value!r}.")
+
 
 def check_method(method: str) -> str:
     """Return ``method`` if it is one of :data:`ROSKD_METHODS`, else raise ``ValueError`` listing them."""
@@ -276,6 +290,30 @@ def prepare_training_items(
         len(noisy), changed, 100 * float(noise_rate), noise_mode, len(val),
     )
     return {"train": noisy, "validation": val}
+
+
+def save_final_network(
+    network: nn.Module,
+    path: str | os.PathLike,
+    bn_loader: Iterable | None = None,
+    device: str | torch.device | None = None,
+) -> Path:
+    """Write a trained network's state dict atomically, after recomputing its BatchNorm statistics on ``bn_loader``.
+
+    Used for the teachers and for students without smoothing. BatchNorm running statistics are exponential averages
+    (momentum 0.1) that start from variance 1; after the few hundred iterations of a demo-sized run they still carry
+    that start, which ``M_smooth`` does not (its statistics are recomputed), so recomputing them for every final
+    model keeps the comparison fair. With long training (the paper's) recomputation changes nothing.
+
+    Args:
+        network: the trained network.
+        path: the checkpoint file.
+        bn_loader: batches (dicts with ``"image"``) for the recomputation; ``None`` keeps the running statistics.
+        device: device of the BatchNorm pass; default the network's.
+    """
+    if bn_loader is not None:
+        recompute_batchnorm(network, bn_loader, device)
+    return save_state_dict(network, path)
 
 
 def teacher_subset(

@@ -11,9 +11,13 @@ from .classification import (
     report_to_csv,
     report_to_markdown,
 )
+from .robustness import ATTACKS, robustness_report, robustness_to_markdown
 from .segmentation import SEGMENTATION_METRICS, SegmentationReport, segmentation_report
 
 __all__ = [
+    "ATTACKS",
+    "robustness_report",
+    "robustness_to_markdown",
     "ClassificationMetric",
     "PredictionCollector",
     "SEGMENTATION_METRICS",

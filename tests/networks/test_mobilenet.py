@@ -39,12 +39,14 @@ def test_inverted_residual_shortcut_only_when_shapes_match():
 
 def test_features_can_be_tapped_and_network_is_scriptable():
     net = MobileNetV2(2, 1, 3, width_mult=0.5).eval()
-    taps = FeatureTaps(net, ["features.7"])
     x = torch.rand(1, 1, 32, 32)
-    out = net(x)
-    assert taps.features["features.7"].shape[0] == 1
-    scripted = torch.jit.script(net)
-    assert torch.allclose(scripted(x), out, atol=1e-5)
+    with torch.no_grad():
+        out = net(x)
+        scripted = torch.jit.script(net)
+        assert torch.allclose(scripted(x), out, atol=1e-5)
+        taps = FeatureTaps(net, ["features.7"])
+        net(x)
+    assert taps.features["features.7"].shape == (1, 32, 2, 2)  # first block of the 64-channel stage, stride 16
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,157 @@
+"""RoS-KD and its baselines on the demo (or any dataset): the paper's Table I and Table II over several seeds.
+
+For every seed the teachers are trained once (``configs/train_teachers.json``), then every method is trained from
+those same teachers (``configs/train.json --method <m> --train_teachers false``) and evaluated on the test split;
+Baseline III and RoS-KD are also attacked (``configs/robustness.json``: FGSM and PGD, L2, radius 128/255).
+Results are printed as mean +/- std over the seeds and written to ``<work_dir>/roskd_tables.json``.
+
+    python scripts/roskd_tables.py --seeds 3 --work_dir /tmp/roskd_tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from medkd_ext.engines import run_stage  # noqa: E402
+from medkd_ext.engines.roskd import ROSKD_METHODS  # noqa: E402
+
+CONFIGS = REPO / "bundles" / "roskd_classification" / "configs"
+ROWS = {
+    "student_only": "Baseline I",
+    "hinton_kd": "Baseline II",
+    "uniform_mkd": "Baseline III",
+    "roskd_no_smoothing": "Baseline V",
+    "roskd": "RoS-KD",
+}
+ATTACKED = ("uniform_mkd", "roskd")
+METRICS = ("precision_macro", "recall_macro", "f1_macro")
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _mean_std(values: list[float]) -> str:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return f"{mean:.3f} +/- {std:.3f}"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(args.work_dir).resolve()
+    results: dict[str, Any] = {"seeds": [], "times": {}}
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        base = {"device": args.device, "seed": seed, "bundle_root": str(CONFIGS.parent)}
+        base.update({k: _value(v) for k, v in (o.split("=", 1) for o in args.override)})
+        if args.dataset_dir:
+            base["dataset_dir"] = args.dataset_dir
+        models = work / f"seed_{seed}" / "models"
+        start = time.perf_counter()
+        teacher_overrides = {**base, "models_dir": str(models), "output_dir": str(work / f"seed_{seed}" / "teachers")}
+        if args.teacher_max_epochs is not None:
+            teacher_overrides["max_epochs"] = args.teacher_max_epochs
+        run_stage(CONFIGS / "train_teachers.json", overrides=teacher_overrides)
+        results["times"][f"seed {seed} teachers"] = time.perf_counter() - start
+        per_seed: dict[str, Any] = {"seed": seed}
+        for method in args.methods:
+            out = work / f"seed_{seed}" / method
+            overrides = {
+                **base,
+                "method": method,
+                "train_teachers": False,
+                "models_dir": str(models),
+                "model_path": str(models / f"model_{method}.pt"),
+                "output_dir": str(out),
+            }
+            if args.max_epochs is not None:
+                overrides["max_epochs"] = args.max_epochs
+            start = time.perf_counter()
+            run_stage(CONFIGS / "train.json", overrides=overrides)
+            report = json.loads((out / "metrics.json").read_text())
+            per_seed[method] = {"test": {k: report[k] for k in (*METRICS, "auc_macro", "accuracy")}}
+            if method in ATTACKED:
+                attack = {**overrides, "robustness#pgd_steps": args.pgd_steps}
+                run_stage([CONFIGS / "train.json", CONFIGS / "robustness.json"], overrides=attack)
+                robust = json.loads((out / "robustness.json").read_text())
+                per_seed[method]["attacks"] = {
+                    a: {k: robust[a][k] for k in METRICS} for a in ("clean", "fgsm", "pgd") if a in robust
+                }
+            results["times"][f"seed {seed} {method}"] = time.perf_counter() - start
+        results["seeds"].append(per_seed)
+        (work / "roskd_tables.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def format_tables(results: dict[str, Any], methods: list[str]) -> str:
+    seeds = results["seeds"]
+    lines = [f"Table I: test split, macro averages, mean +/- std over {len(seeds)} seed(s)", ""]
+    lines += ["| Settings | Precision | Recall | F1 |", "|---|---|---|---|"]
+    for method in methods:
+        cells = [_mean_std([s[method]["test"][k] for s in seeds]) for k in METRICS]
+        lines.append(f"| {ROWS[method]} | " + " | ".join(cells) + " |")
+    attacked = [m for m in ATTACKED if m in methods]
+    if attacked:
+        lines += ["", "Table II: L2 attacks, radius 128/255 (same teachers for both settings)", ""]
+        lines += [
+            "| Attack | Settings | Precision before | Recall before | F1 before | Precision after | Recall after "
+            "| F1 after |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for attack in ("pgd", "fgsm"):
+            for method in attacked:
+                before = [_mean_std([s[method]["attacks"]["clean"][k] for s in seeds]) for k in METRICS]
+                after = [_mean_std([s[method]["attacks"][attack][k] for s in seeds]) for k in METRICS]
+                lines.append(f"| {attack.upper()} | {ROWS[method]} | " + " | ".join(before + after) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (runs) to average")
+    parser.add_argument("--first_seed", type=int, default=0)
+    parser.add_argument("--work_dir", default="roskd_tables_runs", help="folder of the models and reports")
+    parser.add_argument("--dataset_dir", default=None, help="dataset folder (default: the embedded demo)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--methods", nargs="+", default=list(ROWS), choices=list(ROSKD_METHODS))
+    parser.add_argument("--teacher_max_epochs", type=int, default=None, help="teacher epochs (default: the config's)")
+    parser.add_argument("--max_epochs", type=int, default=None, help="student epochs (default: the config's)")
+    parser.add_argument("--pgd_steps", type=int, default=10)
+    parser.add_argument("--override", nargs="*", default=[], help="extra top-level overrides key=value (JSON values)")
+    parser.add_argument(
+        "--from_json", nargs="+", default=None, help="print the tables of earlier runs' roskd_tables.json files"
+    )
+    args = parser.parse_args(argv)
+    if args.from_json:
+        merged: dict[str, Any] = {"seeds": [], "times": {}}
+        for path in args.from_json:
+            part = json.loads(Path(path).read_text())
+            merged["seeds"] += part["seeds"]
+            merged["times"].update(part["times"])
+        print(format_tables(merged, args.methods))
+        print("\nwall times (s): " + ", ".join(f"{k}: {v:.0f}" for k, v in merged["times"].items()))
+        return 0
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    results = run(args)
+    print(format_tables(results, args.methods))
+    print("\nwall times (s): " + ", ".join(f"{k}: {v:.0f}" for k, v in results["times"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

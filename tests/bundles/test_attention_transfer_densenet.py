@@ -1,0 +1,275 @@
+"""bundles/attention_transfer_densenet: stage smoke runs, bundle checks, attention transfer and bad-input errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from PIL import Image
+
+from medkd_ext.data import make_classification_demo
+from medkd_ext.engines import loss_terms_output, run_stage
+from medkd_ext.networks import FeatureTaps, save_state_dict
+from tests.bundles.bundle_checks import REPO, check_export, check_metadata, check_net_in_out, check_properties
+
+BUNDLE = REPO / "bundles" / "attention_transfer_densenet"
+CONFIGS = BUNDLE / "configs"
+
+
+def _cause(error: BaseException, kind: type[BaseException]) -> BaseException:
+    """The first exception of type ``kind`` in the cause/context chain (MONAI wraps errors of config items)."""
+    seen = error
+    while seen is not None and not isinstance(seen, kind):
+        seen = seen.__cause__ or seen.__context__
+    assert seen is not None, f"no {kind.__name__} in the chain of {error!r}"
+    return seen
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("at_demo")
+    make_classification_demo(root / "data", seed=1, n_cases=32, n_test=8, size=32)
+    return root
+
+
+def overrides(root: Path, **extra) -> dict:
+    values = {
+        "dataset_dir": str(root / "data"),
+        "ckpt_dir": str(root / "models"),
+        "output_dir": str(root / "eval"),
+        "image_size": 32,
+        "batch_size": 8,
+        "max_epochs": 1,
+        "teacher_max_epochs": 1,
+        "device": "cpu",
+    }
+    values.update(extra)
+    return values
+
+
+def parser_for(files: list[str], values: dict) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / f) for f in files])
+    parser.read_meta(str(CONFIGS / "metadata.json"))
+    parser.update(values)
+    return parser
+
+
+@pytest.fixture(scope="module")
+def trained(demo) -> Path:
+    """train.json with defaults but tiny data: trains the missing teacher first, then the DenseNet-40 student."""
+    run_stage(CONFIGS / "train.json", overrides(demo))
+    return demo
+
+
+def test_metadata():
+    check_metadata(BUNDLE)
+
+
+@pytest.mark.slow
+def test_train_runs_teacher_first_then_skips_it(trained):
+    teacher, student = trained / "models" / "teacher.pt", trained / "models" / "model.pt"
+    assert teacher.is_file() and student.is_file()
+    assert (trained / "eval" / "teacher").is_dir()  # the teacher stage logs under the student's output_dir
+    state = torch.load(teacher, weights_only=True)
+    assert "features.denseblock4.denselayer16.layers.conv2.weight" in state  # a DenseNet-121
+    assert "features.denseblock3.denselayer1.layers.conv1.weight" not in torch.load(student, weights_only=True)
+    before = teacher.stat().st_mtime_ns
+    run_stage(CONFIGS / "train.json", overrides(trained))
+    assert teacher.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_check_properties(trained):
+    no_stage = overrides(trained, teacher_stage=[])
+    assert check_properties(BUNDLE, "train.json", "train", no_stage) == []
+    assert check_properties(BUNDLE, "train_teacher.json", "train", overrides(trained)) == []
+    assert check_properties(BUNDLE, "inference.json", "infer", overrides(trained)) == []
+
+
+@pytest.mark.slow
+def test_evaluate_writes_report(trained):
+    run_stage([CONFIGS / "train.json", CONFIGS / "evaluate.json"], overrides(trained))
+    report = json.loads((trained / "eval" / "metrics.json").read_text())
+    assert report["num_samples"] == 8  # the demo's test list
+    assert 0.0 <= report["f1_weighted"] <= 1.0
+
+
+@pytest.mark.slow
+def test_inference_writes_probabilities(trained):
+    out = trained / "infer"
+    run_stage(CONFIGS / "inference.json", overrides(trained, output_dir=str(out)), workflow_type="infer")
+    entries = json.loads((out / "probabilities.json").read_text())
+    assert len(entries) == 40  # every PNG under dataset_dir
+    assert all(abs(sum(e["probabilities"].values()) - 1.0) < 1e-4 for e in entries)
+    assert all(os.path.isfile(e["image"]) for e in entries)
+
+
+@pytest.mark.slow
+def test_attention_maps_have_input_geometry(trained):
+    values = overrides(trained, num_attention_cases=2, image_size=48)  # resized: the maps must be brought back
+    run_stage([CONFIGS / "train.json", CONFIGS / "attention_maps.json"], values)
+    files = sorted((trained / "eval" / "attention_maps").glob("*.png"))
+    assert len(files) == 4 and {f.name.split("_")[-2] for f in files} == {"teacher", "student"}
+    for f in files:
+        with Image.open(f) as img:
+            assert img.mode == "RGB" and img.size == (32, 32)
+
+
+@pytest.mark.slow
+def test_net_in_out_and_export(trained, tmp_path):
+    check_net_in_out(BUNDLE)
+    check_export(BUNDLE, trained / "models" / "model.pt", tmp_path, (1, 3, 64, 64))
+
+
+def test_tapped_layers_have_32_new_planes(demo):
+    parser = parser_for(["train.json"], overrides(demo))
+    for net_id, layer_id, name in (
+        ("network_def", "student_layer", "features.denseblock2.denselayer11.layers"),
+        ("teacher_def", "teacher_layer", "features.denseblock4.denselayer15.layers"),
+    ):
+        layer = parser.get_parsed_content(layer_id)
+        assert layer == name  # the penultimate layer of the last dense block
+        net = parser.get_parsed_content(net_id).eval()
+        with FeatureTaps(net, layer) as taps, torch.no_grad():
+            net(torch.rand(1, 3, 64, 64))
+        assert taps[layer].shape[1] == 32
+
+
+def test_densenet121_student_by_key(demo):
+    parser = parser_for(["train.json"], overrides(demo, student_net="DenseNet121"))
+    assert type(parser.get_parsed_content("network_def")).__name__ == "DenseNet121"
+    assert parser.get_parsed_content("student_layer") == "features.denseblock4.denselayer15.layers"
+
+
+def test_at_loss_reaches_student_not_teacher(demo, tmp_path):
+    teacher_ckpt = tmp_path / "teacher.pt"
+    # 64 pixels: the teacher's map is 2x2; at 1x1 each normalised plane is a sign and has no gradient
+    values = overrides(demo, teacher_ckpt=str(teacher_ckpt), train_teacher_if_missing=False, image_size=64)
+    parser = parser_for(["train.json"], values)
+    save_state_dict(parser.get_parsed_content("teacher_def"), teacher_ckpt)
+    parser.update({"ce_term#weight": 0.0, "train#handlers": [], "train#data": "$@validate#data[:8]"})
+    trainer = parser.get_parsed_content("train#trainer")
+    student, teacher = trainer.network, trainer.teachers["teacher"]
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    trainer.run()
+    assert loss_terms_output(trainer.state.output)["at"] > 0
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert student.features.conv0.weight.grad.abs().sum() > 0  # the AT layer's input path learns
+    tapped = student.features.denseblock2.denselayer11.layers.conv2.weight.grad
+    assert tapped.abs().sum() > 0
+    # layers after the tapped one get no gradient from attention transfer alone
+    assert student.features.denseblock2.denselayer12.layers.conv2.weight.grad.abs().sum() == 0
+    assert student.class_layers.out.weight.grad.abs().sum() == 0
+
+
+def test_baseline_is_cross_entropy_alone_without_teacher(demo):
+    parser = parser_for(
+        ["train.json"], overrides(demo, baseline=True, trainable_layers=1, teacher_ckpt="/nonexistent/teacher.pt")
+    )
+    terms = parser.get_parsed_content("loss_terms")
+    assert [t.name for t in terms] == ["ce"]
+    assert parser.get_parsed_content("teachers") == {}
+    assert parser.get_parsed_content("teacher_stage") == []
+    optimizer = parser.get_parsed_content("optimizer")
+    network = parser.get_parsed_content("network")
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert trained == {id(network.class_layers.out.weight), id(network.class_layers.out.bias)}
+
+
+def test_missing_teacher_names_file_and_stage(demo, tmp_path):
+    missing = tmp_path / "none.pt"
+    parser = parser_for(["train.json"], overrides(demo, teacher_ckpt=str(missing), train_teacher_if_missing=False))
+    assert parser.get_parsed_content("teacher_stage") == []
+    with pytest.raises(Exception) as info:
+        parser.get_parsed_content("teacher")
+    message = str(_cause(info.value, FileNotFoundError))
+    assert str(missing) in message and "train_teacher.json" in message
+
+
+@pytest.mark.parametrize("kind", ["architecture", "classes"])
+def test_teacher_checkpoint_that_does_not_fit(demo, tmp_path, kind):
+    from monai.networks.nets import DenseNet121
+
+    from medkd_ext.networks import DenseNet40
+
+    ckpt = tmp_path / "teacher.pt"
+    if kind == "architecture":
+        other = DenseNet40(2, 3, 4)
+    else:
+        other = DenseNet121(spatial_dims=2, in_channels=3, out_channels=7)
+    save_state_dict(other, ckpt)
+    parser = parser_for(["train.json"], overrides(demo, teacher_ckpt=str(ckpt), train_teacher_if_missing=False))
+    with pytest.raises(Exception) as info:
+        parser.get_parsed_content("teacher")
+    message = str(_cause(info.value, ValueError))
+    assert str(ckpt) in message
+    if kind == "architecture":
+        assert "does not fit DenseNet121" in message and "missing key" in message
+    else:
+        assert "7 output classes" in message and "teacher_num_classes=7" in message
+
+
+def test_unknown_tapped_layer_lists_valid_ones(demo, tmp_path):
+    teacher_ckpt = tmp_path / "teacher.pt"
+    values = overrides(demo, teacher_ckpt=str(teacher_ckpt), student_layer="features.denseblock2.denselayer99")
+    parser = parser_for(["train.json"], values)
+    save_state_dict(parser.get_parsed_content("teacher_def"), teacher_ckpt)
+    with pytest.raises(Exception) as info:
+        parser.get_parsed_content("train#trainer")
+    message = str(_cause(info.value, ValueError))
+    assert "features.denseblock2.denselayer99" in message
+    assert "features.denseblock2.denselayer11" in message and "features.denseblock2.denselayer12" in message
+
+
+def test_image_with_wrong_channel_count(demo, tmp_path):
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(np.zeros((32, 32, 4), dtype=np.uint8), mode="RGBA").save(rgba)
+    preprocessing = parser_for(["train.json"], overrides(demo)).get_parsed_content("validate#preprocessing")
+    with pytest.raises(Exception) as info:
+        preprocessing({"image": str(rgba), "label": 0})
+    message = str(_cause(info.value, ValueError))
+    assert str(rgba) in message and "4 channels but 3 are expected" in message
+
+
+def test_paper_overlay():
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "paper.json")])
+    assert parser["learning_rate"] == 5e-5 and parser["batch_size"] == 32 and parser["max_epochs"] == 128
+    assert parser.get_parsed_content("lr_scheduler").step_size == 16
+    assert [Path(p).name for p in parser.get_parsed_content("stage_overlays")] == ["paper.json"]
+
+
+@pytest.mark.slow
+def test_3d_train_and_attention_maps(tmp_path):
+    make_classification_demo(tmp_path / "data", seed=2, spatial_dims=3, n_cases=12, n_test=2, size=16)
+    values = overrides(tmp_path, spatial_dims=3, image_size=32, batch_size=4, num_attention_cases=1)
+    run_stage(CONFIGS / "train.json", values)
+    run_stage([CONFIGS / "train.json", CONFIGS / "attention_maps.json"], values)
+    maps = sorted((tmp_path / "eval" / "attention_maps").glob("*.nii.gz"))
+    assert len(maps) == 2
+    for f in maps:
+        source = nib.load(tmp_path / "data" / "images" / (f.name.rsplit("_", 2)[0] + ".nii.gz"))
+        written = nib.load(f)
+        assert written.shape == source.shape == (16, 16, 16)
+        assert np.allclose(written.affine, source.affine)
+
+
+@pytest.mark.slow
+def test_multi_label_selects_by_mean_auc(tmp_path):
+    make_classification_demo(tmp_path / "data", seed=3, multi_label=True, n_cases=24, n_test=4, size=32)
+    values = overrides(tmp_path, multi_label=True)
+    parser = parser_for(["train.json"], values)
+    assert parser.get_parsed_content("val_metric") == "auc_macro"
+    assert isinstance(parser.get_parsed_content("loss"), torch.nn.BCEWithLogitsLoss)
+    run_stage(CONFIGS / "train.json", values)
+    run_stage([CONFIGS / "train.json", CONFIGS / "evaluate.json"], values)
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert report["task"] == "multi-label" and report["num_samples"] == 4

@@ -1,0 +1,222 @@
+"""Bundle tests of bundles/roskd_classification: smoke runs of each stage on a tiny demo, the model-zoo checks,
+the behaviours of issue 4 and the bad-input errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from medkd_ext.data import make_classification_demo, overlapping_subsets
+from medkd_ext.engines import run_stage
+from tests.bundles.bundle_checks import check_export, check_metadata, check_net_in_out, check_properties
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "roskd_classification"
+CONFIGS = BUNDLE / "configs"
+
+
+def _overrides(root: Path, dataset: Path, **extra) -> dict:
+    base = {
+        "bundle_root": str(BUNDLE),
+        "dataset_dir": str(dataset),
+        "models_dir": str(root / "models"),
+        "output_dir": str(root / "eval"),
+        "device": "cpu",
+        "batch_size": 8,
+    }
+    return {**base, **extra}
+
+
+def _workflow(files, overrides, workflow_type="train") -> ConfigWorkflow:
+    files = [files] if isinstance(files, str) else files
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / f) for f in files],
+        meta_file=str(CONFIGS / "metadata.json"),
+        workflow_type=workflow_type,
+        **overrides,
+    )
+    workflow.initialize()
+    return workflow
+
+
+def _messages(error: BaseException) -> str:
+    """The messages of an exception and its causes (MONAI wraps errors raised while evaluating a config)."""
+    texts = []
+    while error is not None:
+        texts.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(texts)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("roskd_demo")
+    make_classification_demo(root / "mc", seed=0, n_cases=40, n_test=8, size=32)
+    make_classification_demo(root / "ml", seed=0, n_cases=40, n_test=8, size=32, multi_label=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(demo, tmp_path_factory) -> Path:
+    """train.json end to end (teachers then student) with one teacher epoch and two student epochs."""
+    root = tmp_path_factory.mktemp("roskd_run")
+    overrides = _overrides(root, demo / "mc", max_epochs=2, teacher_max_epochs=1, warmup_epochs=1)
+    run_stage(CONFIGS / "train.json", overrides=overrides)
+    return root
+
+
+@pytest.mark.slow
+def test_train_writes_teachers_smooth_model_and_report(trained):
+    models = trained / "models"
+    assert {p.name for p in models.glob("*.pt")} == {f"teacher_{i}.pt" for i in range(5)} | {"model.pt"}
+    report = json.loads((trained / "eval" / "metrics.json").read_text())
+    assert report["num_samples"] == 8 and set(report["per_class"]) == {"disc", "square", "ring", "cross"}
+    assert {"precision_macro", "recall_macro", "f1_macro", "auc_macro"} <= set(report)
+    assert (trained / "eval" / "metrics.md").is_file() and (trained / "eval" / "metrics.csv").is_file()
+
+
+@pytest.mark.slow
+def test_evaluate_robustness_and_inference(trained, demo, tmp_path):
+    overrides = _overrides(trained, demo / "mc", output_dir=str(tmp_path / "ev"))
+    run_stage([CONFIGS / "train.json", CONFIGS / "evaluate.json"], overrides=overrides)
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["num_samples"] == 8
+
+    overrides["robustness#pgd_steps"] = 2
+    run_stage([CONFIGS / "train.json", CONFIGS / "robustness.json"], overrides=overrides)
+    result = json.loads((tmp_path / "ev" / "robustness.json").read_text())
+    assert result["radius"] == pytest.approx(128 / 255)
+    assert {"clean", "fgsm", "pgd"} <= set(result)
+    assert result["perturbation_l2"]["pgd"]["max"] <= 128 / 255 + 1e-4
+
+    image = sorted((demo / "mc" / "images").glob("*.png"))[0]
+    for source, count in ((str(demo / "mc" / "images"), 48), (str(image), 1)):
+        infer = {**_overrides(trained, demo / "mc", output_dir=str(tmp_path / "inf")), "input_dir": source}
+        run_stage(CONFIGS / "inference.json", overrides=infer, workflow_type="infer")
+        entries = json.loads((tmp_path / "inf" / "probabilities.json").read_text())
+        assert len(entries) == count
+        probs = entries[0]["probabilities"]
+        assert set(probs) == {"disc", "square", "ring", "cross"} and sum(probs.values()) == pytest.approx(1, abs=1e-5)
+    assert entries[0]["image"] == str(image)
+
+
+@pytest.mark.slow
+def test_bundle_checks(trained, demo, tmp_path):
+    check_metadata(BUNDLE)
+    overrides = _overrides(trained, demo / "mc")
+    assert check_properties(BUNDLE, "train_teachers.json", "train", overrides) == []
+    assert check_properties(BUNDLE, "train.json", "train", overrides) == []
+    assert check_properties(BUNDLE, "inference.json", "infer", overrides) == []
+    check_net_in_out(BUNDLE, {"bundle_root": str(BUNDLE)})
+    check_export(BUNDLE, trained / "models" / "model.pt", tmp_path, (2, 1, 32, 32), {"bundle_root": str(BUNDLE)})
+
+
+def test_teachers_see_exactly_their_subsets(demo, tmp_path):
+    expected = None
+    for index in (0, 3):
+        workflow = _workflow("train_teachers.json", _overrides(tmp_path, demo / "mc", teacher_index=index))
+        parser = workflow.parser
+        train = parser.get_parsed_content("splits")["train"]
+        if expected is None:
+            expected = overlapping_subsets(train, 5, 0.4, seed=0)
+        data = parser.get_parsed_content("train#dataset").data
+        assert [d["image"] for d in data] == [d["image"] for d in expected[index]]
+        assert parser.get_parsed_content("teacher_path").endswith(f"teacher_{index}.pt")
+        assert type(parser.get_parsed_content("network")).__name__ == ["ResNet", "ResNet", "ResNet", "MobileNetV2",
+                                                                      "DenseNet"][index]
+        # noise only on the training split: validation labels are the datalist's
+        assert all("clean_label" in d for d in train)
+        assert all("clean_label" not in d for d in parser.get_parsed_content("val_items"))
+
+
+@pytest.mark.parametrize(
+    "method,teachers,weighting,smoothing",
+    [
+        ("student_only", [], None, False),
+        ("hinton_kd", ["4"], None, False),
+        ("uniform_mkd", ["0", "1", "2", "3", "4"], "uniform", False),
+        ("roskd_no_smoothing", ["0", "1", "2", "3", "4"], "exponential", False),
+        ("roskd", ["0", "1", "2", "3", "4"], "exponential", True),
+    ],
+)
+def test_one_key_selects_the_method(method, teachers, weighting, smoothing, demo, tmp_path):
+    from medkd_ext.handlers import SmoothAveragingHandler
+    from medkd_ext.networks import save_state_dict
+
+    overrides = _overrides(tmp_path, demo / "mc", method=method)
+    workflow = _workflow("train.json", overrides)
+    defs = workflow.parser.get_parsed_content("teacher_defs")
+    for i, network in enumerate(defs):
+        save_state_dict(network, tmp_path / "models" / f"teacher_{i}.pt")
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert sorted(trainer.teachers) == teachers
+    kd = trainer.loss_terms.get("kd")
+    assert getattr(kd.loss, "weighting", None) == weighting if kd else weighting is None
+    handlers = workflow.parser.get_parsed_content("train#handlers")
+    assert any(isinstance(h, SmoothAveragingHandler) for h in handlers) == smoothing
+
+
+@pytest.mark.slow
+def test_multi_label_runs_with_one_override(demo, tmp_path):
+    overrides = _overrides(tmp_path, demo / "ml", multi_label="true", method="student_only", train_teachers=False)
+    overrides["max_epochs"] = 1
+    run_stage(CONFIGS / "train.json", overrides=overrides)
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert report["task"] == "multi-label" and "exact_match" in report
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert state["fc.weight"].shape[0] == 4
+
+
+def _write_datalist(root: Path, source: Path, edit) -> Path:
+    content = json.loads((source / "dataset.json").read_text())
+    for split in ("training", "test"):
+        for item in content[split]:
+            item["image"] = str(source / item["image"])
+    edit(content)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset.json").write_text(json.dumps(content))
+    return root
+
+
+@pytest.mark.parametrize(
+    "what,config,extra,match",
+    [
+        ("label_out_of_range", "train_teachers.json", {}, r"label 7, outside the classes \[0, 4\)"),
+        ("multi_hot_length", "train_teachers.json", {"multi_label": True}, "multi-hot list of num_classes=4"),
+        ("k_too_large", "train_teachers.json", {"num_teachers": 5, "val_fraction": 0.9}, "larger than the training"),
+        ("teacher_list_length", "train_teachers.json", {"num_teachers": 3}, r"lists 5 networks but num_teachers"),
+        ("missing_teacher", "train.json", {"train_teachers": False}, r"run configs/train_teachers\.json first"),
+    ],
+)
+def test_bad_input_errors(what, config, extra, match, demo, tmp_path):
+    source = demo / ("ml" if extra.get("multi_label") else "mc")
+
+    def edit(content):
+        if what == "label_out_of_range":
+            content["training"][5]["label"] = 7
+        if what == "multi_hot_length":
+            content["training"][2]["label"] = [0, 1]
+
+    dataset = _write_datalist(tmp_path / "data", source, edit)
+    overrides = _overrides(tmp_path, dataset, max_epochs=1, **extra)
+    with pytest.raises(Exception) as info:
+        workflow = _workflow(config, overrides)
+        workflow.parser.get_parsed_content("train#trainer")
+    assert re.search(match, _messages(info.value)), _messages(info.value)
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+
+def test_paper_overlay_restores_the_paper_settings(demo, tmp_path):
+    workflow = _workflow(["train.json", "paper.json"], _overrides(tmp_path, demo / "mc", method="student_only"))
+    parser = workflow.parser
+    names = [type(n).__name__ for n in parser.get_parsed_content("teacher_defs")]
+    assert names == ["ResNet", "ResNet", "ResNet", "MobileNetV2", "DenseNet121"]
+    optimizer = parser.get_parsed_content("optimizer")
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["lr"] == 0.1
+    assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["weight_decay"] == 2e-4
+    assert parser.get_parsed_content("lr_milestones") == [25, 40]
+    assert (parser["temperature"], parser["alpha"], parser["warmup_epochs"], parser["max_epochs"]) == (0.5, 0.9, 10, 50)
+    assert parser.get_parsed_content("overlays")[0].endswith("configs/paper.json")
