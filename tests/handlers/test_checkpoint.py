@@ -41,7 +41,7 @@ def test_best_metric_saves_on_improvement(tmp_path):
     evaluator = Engine(lambda e, b: None)
     StateDictSaver(net, path, best_metric=True).attach(evaluator)
     saved_values = []
-    for epoch, (score, improved) in enumerate([(0.5, True), (0.4, False), (0.7, True)], start=1):
+    for epoch, (_score, improved) in enumerate([(0.5, True), (0.4, False), (0.7, True)], start=1):
         with torch.no_grad():
             net.weight.fill_(float(epoch))
         evaluator.state.epoch = epoch
