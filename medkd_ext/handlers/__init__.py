@@ -1,8 +1,7 @@
 """Ignite handlers: smooth parameter averaging and training schedules."""
 
 from medkd_ext.handlers.averaging import SmoothAveragingHandler, recompute_batchnorm
-from medkd_ext.handlers.checkpoint import StateDictSaver
-from medkd_ext.handlers.checkpoints import BestStateDictSaver
+from medkd_ext.handlers.checkpoint import BestStateDictSaver, StateDictSaver
 from medkd_ext.handlers.reports import (
     ClassificationReportHandler,
     ProbabilityWriter,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -11,46 +12,77 @@ from torch import nn
 
 from medkd_ext.networks.checkpoint import save_state_dict
 
-__all__ = ["StateDictSaver"]
+__all__ = ["StateDictSaver", "BestStateDictSaver"]
 
 logger = logging.getLogger(__name__)
 
 
 class StateDictSaver:
-    """Writes ``network``'s state dict to ``path`` atomically (temporary file, then rename).
+    """Writes ``network``'s state dict to ``path`` atomically (temporary file, then rename) when training completes.
 
-    Attached to a trainer, the network is saved when training completes, so a run that fails never overwrites an
-    existing checkpoint. With ``best_metric=True``, attach it to the validation evaluator: the network is saved
-    each time the evaluator's key metric improves (``engine.state.best_metric``), as MONAI's ``CheckpointSaver``
-    with ``save_key_metric`` does, but as a plain state dict written atomically.
+    A run that fails therefore never overwrites an existing checkpoint. To keep the best model of a validation
+    evaluator instead, use :class:`BestStateDictSaver`.
 
     Args:
         network: the network to save.
         path: the checkpoint file (its folder is created).
-        best_metric: save on key-metric improvement instead of at completion.
     """
 
-    def __init__(self, network: nn.Module, path: str | os.PathLike, best_metric: bool = False) -> None:
+    def __init__(self, network: nn.Module, path: str | os.PathLike) -> None:
         self.network = network
         self.path = Path(path)
-        self.best_metric = best_metric
-        self._last_best_epoch: int | None = None
 
     def attach(self, engine: Engine) -> None:
-        if self.best_metric:
-            engine.add_event_handler(Events.COMPLETED, self._save_if_best)
-        else:
-            engine.add_event_handler(Events.COMPLETED, self._save)
+        engine.add_event_handler(Events.COMPLETED, self._save)
 
     def _save(self, engine: Engine) -> None:
         save_state_dict(self.network, self.path)
         logger.info("saved %s", self.path)
 
-    def _save_if_best(self, engine: Engine) -> None:
-        best_epoch = getattr(engine.state, "best_metric_epoch", None)
-        if best_epoch is None or best_epoch < 0:
-            raise ValueError("StateDictSaver(best_metric=True) needs an evaluator with a key_val_metric.")
-        # a MONAI evaluator records the trainer's epoch of its best metric; save when that changes
-        if best_epoch != self._last_best_epoch and best_epoch == engine.state.epoch:
-            self._last_best_epoch = best_epoch
-            self._save(engine)
+
+class BestStateDictSaver:
+    """Attach to an evaluator: after each evaluation whose metric beats the best so far, save the network.
+
+    The checkpoint is written with :func:`medkd_ext.networks.save_state_dict` (temporary file, then rename), so a
+    run stopped mid-write leaves the previous best intact, unlike MONAI's ``CheckpointSaver``. The file holds the
+    network's plain state dict, as ``load_state_dict`` and ``ckpt_export`` read it.
+
+    Args:
+        network: the trained network (the one the evaluator runs).
+        path: the checkpoint file, e.g. ``models/model.pt``.
+        metric_name: entry of ``engine.state.metrics``; ``None`` uses the evaluator's key metric.
+        mode: ``"max"`` (AUC, F1) or ``"min"`` (a loss).
+    """
+
+    def __init__(
+        self, network: nn.Module, path: str | os.PathLike, metric_name: str | None = None, mode: str = "max"
+    ) -> None:
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"BestStateDictSaver: network must be a torch.nn.Module, got {type(network).__name__}.")
+        if mode not in ("max", "min"):
+            raise ValueError(f"BestStateDictSaver: mode must be 'max' or 'min', got {mode!r}.")
+        self.network = network
+        self.path = Path(path)
+        self.metric_name = metric_name
+        self.mode = mode
+        self.best: float | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        name = self.metric_name or getattr(engine.state, "key_metric_name", None)
+        metrics = engine.state.metrics
+        if name is None or name not in metrics:
+            raise ValueError(
+                f"BestStateDictSaver: metric {name!r} is not among the evaluator's metrics {sorted(metrics)}; "
+                "set metric_name or give the evaluator a key_val_metric."
+            )
+        value = float(metrics[name])
+        if math.isnan(value):
+            return
+        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        if better:
+            self.best = value
+            save_state_dict(self.network, self.path)
+            logger.info("best %s %.4f: model saved to %s", name, value, self.path)
