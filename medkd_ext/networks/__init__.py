@@ -14,7 +14,7 @@ from medkd_ext.networks.attention_transfer import (
     load_matching_weights,
     unfreeze_last_layers,
 )
-from medkd_ext.networks.checkpoint import load_state_dict, save_state_dict
+from medkd_ext.networks.checkpoint import apply_state_dict, load_state_dict, read_state_dict, save_state_dict
 from medkd_ext.networks.densenet40 import DenseNet40, densenet_at_layer, new_planes
 from medkd_ext.networks.discriminator import DomainDiscriminator
 from medkd_ext.networks.factory import SEGMENTATION_ARCHITECTURES, segmentation_network
@@ -47,6 +47,8 @@ __all__ = [
     "densenet_at_layer",
     "freeze",
     "load_state_dict",
+    "read_state_dict",
+    "apply_state_dict",
     "module_names",
     "new_planes",
     "save_state_dict",

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from medkd_ext.networks.checkpoint import _strip_wrapper_prefixes, load_state_dict
+from medkd_ext.networks.checkpoint import _strip_wrapper_prefixes, apply_state_dict, read_state_dict
 from medkd_ext.networks.frozen import unwrap_network
 
 __all__ = ["from_torchvision_densenet", "load_densenet_teacher", "load_matching_weights", "unfreeze_last_layers"]
@@ -53,20 +52,16 @@ def from_torchvision_densenet(state_dict: Mapping[str, torch.Tensor]) -> dict[st
     return renamed
 
 
-def _read_checkpoint(path: Path, device: str | torch.device | None, hint: str) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint '{path}' not found{hint}.")
+def _read_checkpoint(path: Path, device: str | torch.device | None, stage_hint: str | None) -> dict[str, torch.Tensor]:
+    """A DenseNet checkpoint with MONAI key names (``{"epoch", "state_dict"}`` layouts accepted)."""
+    key = None
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:
-        raise ValueError(
-            f"Checkpoint '{path}' could not be read as a weights-only PyTorch state dict "
-            f"({type(error).__name__}){hint}."
-        ) from error
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]  # e.g. checkpoints saved as {"epoch": ..., "state_dict": ...}
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"Checkpoint '{path}' is not a state dict of tensors{hint}.")
+        state = read_state_dict(path, device=device, stage_hint=stage_hint)
+    except ValueError as error:
+        if "key=" not in str(error):
+            raise
+        key = "state_dict"  # e.g. checkpoints saved as {"epoch": ..., "state_dict": ...}
+        state = read_state_dict(path, device=device, stage_hint=stage_hint, key=key)
     stripped, _ = _strip_wrapper_prefixes(state)
     return from_torchvision_densenet(stripped)
 
@@ -102,7 +97,7 @@ def load_densenet_teacher(
     """
     path = Path(path)
     hint = f" ({stage_hint})" if stage_hint else ""
-    state = _read_checkpoint(path, device, hint)
+    state = _read_checkpoint(path, device, stage_hint)
     target = unwrap_network(network).state_dict()
     if _CLASSIFIER in state and _CLASSIFIER in target and state[_CLASSIFIER].ndim == 2:
         found, expected = state[_CLASSIFIER].shape[0], target[_CLASSIFIER].shape[0]
@@ -112,15 +107,7 @@ def load_densenet_teacher(
                 f"set {classes_key}={found} (attention transfer only uses the teacher's features) or give the "
                 f"checkpoint of a teacher trained for {expected} classes{hint}."
             )
-    # the converted dict goes through load_state_dict, the one place where keys and shapes are checked
-    with tempfile.TemporaryDirectory() as tmp:
-        converted = Path(tmp) / path.name
-        torch.save(state, converted)
-        try:
-            load_state_dict(network, converted, device=device, stage_hint=stage_hint)
-        except ValueError as error:
-            raise ValueError(str(error).replace(str(converted), str(path))) from None
-    return network
+    return apply_state_dict(network, state, source=path, stage_hint=stage_hint)
 
 
 def load_matching_weights(
@@ -145,7 +132,7 @@ def load_matching_weights(
         ValueError: unreadable file, or no tensor of the checkpoint fits the network.
     """
     path = Path(path)
-    state = _read_checkpoint(path, device, "")
+    state = _read_checkpoint(path, device, None)
     target = unwrap_network(network)
     current = target.state_dict()
     fitting = {k: v for k, v in state.items() if k in current and v.shape == current[k].shape}

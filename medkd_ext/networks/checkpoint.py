@@ -22,7 +22,7 @@ from torch import nn
 
 from medkd_ext.networks.frozen import unwrap_network
 
-__all__ = ["save_state_dict", "load_state_dict"]
+__all__ = ["save_state_dict", "load_state_dict", "read_state_dict", "apply_state_dict"]
 
 _WRAPPER_PREFIXES = ("module.", "network.")
 _MAX_SHOWN = 5
@@ -136,6 +136,17 @@ def load_state_dict(
     """
     if not isinstance(network, nn.Module):
         raise TypeError(f"load_state_dict: network must be a torch.nn.Module, got {type(network).__name__}.")
+    checkpoint = read_state_dict(path, device=device, stage_hint=stage_hint, key=key)
+    return apply_state_dict(network, checkpoint, source=path, strict=strict, stage_hint=stage_hint)
+
+
+def read_state_dict(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    stage_hint: str | None = None,
+    key: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Read a state dict of tensors from ``path`` (weights only), with the errors of :func:`load_state_dict`."""
     path = Path(path)
     hint = f" ({stage_hint})" if stage_hint else ""
     if not path.is_file():
@@ -168,7 +179,22 @@ def load_state_dict(
         nested = [k for k in non_tensors if isinstance(checkpoint[k], Mapping)]
         what = f"pass key= one of {_examples(nested)}" if nested else "it is not a state dict of tensors"
         raise ValueError(f"Checkpoint '{path}' has non-tensor entries {_examples(non_tensors)}: {what}.")
+    return dict(checkpoint)
 
+
+def apply_state_dict(
+    network: nn.Module,
+    checkpoint: Mapping[str, torch.Tensor],
+    source: str | os.PathLike = "<state dict>",
+    strict: bool = True,
+    stage_hint: str | None = None,
+) -> nn.Module:
+    """Copy ``checkpoint`` into ``network`` after checking keys and shapes (wrapper prefixes ignored).
+
+    ``source`` names the checkpoint in the error messages. See :func:`load_state_dict`.
+    """
+    path = source
+    hint = f" ({stage_hint})" if stage_hint else ""
     target = unwrap_network(network)
     target_state = target.state_dict()
     _, target_prefix = _strip_wrapper_prefixes(target_state)
