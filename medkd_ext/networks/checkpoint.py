@@ -43,6 +43,15 @@ def _strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> tuple[dic
     return items, removed
 
 
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 def save_state_dict(network_or_state_dict: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
     """Write a network's parameters and buffers to ``path`` atomically, as a plain ``{key: tensor}`` dict.
 
@@ -87,6 +96,7 @@ def save_state_dict(network_or_state_dict: nn.Module | Mapping[str, torch.Tensor
             torch.save(plain, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, _FILE_MODE)  # mkstemp creates 0600; give the mode a plain open() would (umask applied)
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):

@@ -33,6 +33,15 @@ def test_round_trip(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["net.pt"]  # no temporary file left
 
 
+def test_saved_file_has_the_mode_of_a_plainly_written_file(tmp_path):
+    # the temporary file of an atomic write is created 0600; the checkpoint must be readable as any file the user
+    # writes (another user serving it through MONAI Label, a clinician's copy)
+    path = save_state_dict(make_net(), tmp_path / "net.pt")
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
 def test_saved_file_is_plain_dict_of_tensors_without_wrapper_prefixes(tmp_path):
     net = make_net()
     for wrapped in (nn.DataParallel(net), FrozenTeacher(net), {f"module.{k}": v for k, v in net.state_dict().items()}):
