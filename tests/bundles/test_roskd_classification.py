@@ -109,6 +109,7 @@ def test_bundle_checks(trained, demo, tmp_path):
     overrides = _overrides(trained, demo / "mc")
     assert check_properties(BUNDLE, "train_teachers.json", "train", overrides) == []
     assert check_properties(BUNDLE, "train.json", "train", overrides) == []
+    assert check_properties(BUNDLE, ["train.json", "train_student.json"], "train", overrides) == []
     assert check_properties(BUNDLE, "inference.json", "infer", overrides) == []
     check_net_in_out(BUNDLE, {"bundle_root": str(BUNDLE)})
     check_export(BUNDLE, trained / "models" / "model.pt", tmp_path, (2, 1, 32, 32), {"bundle_root": str(BUNDLE)})
@@ -188,7 +189,7 @@ def _write_datalist(root: Path, source: Path, edit) -> Path:
         ("multi_hot_length", "train_teachers.json", {"multi_label": True}, "multi-hot list of num_classes=4"),
         ("k_too_large", "train_teachers.json", {"num_teachers": 5, "val_fraction": 0.9}, "larger than the training"),
         ("teacher_list_length", "train_teachers.json", {"num_teachers": 3}, r"lists 5 networks but num_teachers"),
-        ("missing_teacher", "train.json", {"train_teachers": False}, r"run configs/train_teachers\.json first"),
+        ("missing_teacher", ["train.json", "train_student.json"], {}, r"run configs/train_teachers\.json first"),
     ],
 )
 def test_bad_input_errors(what, config, extra, match, demo, tmp_path):
