@@ -1,4 +1,9 @@
-"""Ignite/MONAI trainers for distillation."""
+"""Ignite/MONAI trainers for distillation.
+
+The RoS-KD bundle's config helpers (method selection, teacher loading, loss terms) live in the submodule
+``medkd_ext.engines.roskd``, imported by that bundle's configs as ``$import medkd_ext.engines.roskd``; they are
+bundle glue, not trainers, so they are not re-exported here.
+"""
 
 from medkd_ext.engines.adversarial import DomainAdversarialTrainer
 from medkd_ext.engines.distillation import (
