@@ -3,7 +3,7 @@
 For every seed, trains the bundle's three stages (``train.json``) and the two baselines on the same data:
 
 - dataset-specific: the student architecture trained on the target alone (``train_target_teacher.json`` with the
-  student's architecture, width and epochs);
+  student's architecture, width, epochs and supervised loss ``seg_loss``, Dice + cross-entropy);
 - multi-head: one shared student backbone with a head per dataset, trained on alternating batches of the target
   and every source (``train_multihead.json``);
 
@@ -51,9 +51,10 @@ def run_seed(seed: int, out: Path, extra: dict[str, Any]) -> tuple[dict[str, dic
     run_stage(CONFIGS / "train.json", overrides=base)
     times["train.json (3 stages)"] = time.perf_counter() - start
     student = _parser("train.json", base)
+    # the student's architecture, epochs and supervised loss (Dice + CE), without teachers
     specific = {**base, "teacher_arch": student["student_arch"], "teacher_width": student["student_width"],
-                "max_epochs": student["max_epochs"], "ckpt_file": str(out / "models" / "baseline_specific.pt"),
-                "output_dir": str(out / "eval_specific")}
+                "max_epochs": student["max_epochs"], "loss": student["seg_loss"],
+                "ckpt_file": str(out / "models" / "baseline_specific.pt"), "output_dir": str(out / "eval_specific")}
     times["dataset-specific"] = run_stage(CONFIGS / "train_target_teacher.json", overrides=specific)
     multihead = {**base, "max_epochs": student["max_epochs"], "output_dir": str(out / "eval_multihead")}
     times["multi-head"] = run_stage(CONFIGS / "train_multihead.json", overrides=multihead)
