@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 from medkd_ext.data import make_classification_demo, overlapping_subsets
 from medkd_ext.engines import run_stage
@@ -112,7 +112,7 @@ def test_bundle_checks(trained, demo, tmp_path):
     assert check_properties(BUNDLE, ["train.json", "train_student.json"], "train", overrides) == []
     assert check_properties(BUNDLE, "inference.json", "infer", overrides) == []
     check_net_in_out(BUNDLE, {"bundle_root": str(BUNDLE)})
-    check_export(BUNDLE, trained / "models" / "model.pt", tmp_path, (2, 1, 32, 32), {"bundle_root": str(BUNDLE)})
+    check_export(BUNDLE, trained / "models" / "model.pt", tmp_path, (2, 1, 64, 64), {"bundle_root": str(BUNDLE)})
 
 
 def test_teachers_see_exactly_their_subsets(demo, tmp_path):
@@ -125,12 +125,43 @@ def test_teachers_see_exactly_their_subsets(demo, tmp_path):
             expected = overlapping_subsets(train, 5, 0.4, seed=0)
         data = parser.get_parsed_content("train#dataset").data
         assert [d["image"] for d in data] == [d["image"] for d in expected[index]]
+        assert [d["label"] for d in data] == [d["label"] for d in expected[index]]  # the noisy labels of the subset
+        assert any(d["label"] != d["clean_label"] for d in data)
         assert parser.get_parsed_content("teacher_path").endswith(f"teacher_{index}.pt")
         assert type(parser.get_parsed_content("network")).__name__ == ["ResNet", "ResNet", "ResNet", "MobileNetV2",
                                                                       "DenseNet"][index]
         # noise only on the training split: validation labels are the datalist's
         assert all("clean_label" in d for d in train)
         assert all("clean_label" not in d for d in parser.get_parsed_content("val_items"))
+
+
+def test_teacher_hyper_parameters_reach_every_teacher(demo, tmp_path):
+    """Teachers 1..k-1 are separate runs of train_teachers.json: every optimiser setting given to the first must be
+    forwarded to them (weight_decay and lr_milestones used to reach teacher 0 only)."""
+    extra = {"weight_decay": 0.01, "lr_milestones": [2], "learning_rate": 0.005, "max_epochs": 3}
+    workflow = _workflow("train_teachers.json", _overrides(tmp_path, demo / "mc", **extra))
+    forwarded = workflow.parser.get_parsed_content("stage_overrides")
+    assert {k: forwarded[k] for k in extra} == extra
+    child = _workflow("train_teachers.json", {**forwarded, "teacher_index": 2})
+    optimizer = child.parser.get_parsed_content("optimizer")
+    assert (optimizer.defaults["weight_decay"], optimizer.defaults["lr"]) == (0.01, 0.005)
+    assert list(child.parser.get_parsed_content("lr_scheduler").milestones) == [2]
+
+    # train.json passes the teachers their own epochs; the student's milestones stay with the student
+    student = _workflow("train.json", _overrides(tmp_path, demo / "mc", weight_decay=0.01, teacher_max_epochs=5))
+    to_teachers = student.parser.get_parsed_content("teacher_stage_overrides")
+    assert (to_teachers["weight_decay"], to_teachers["max_epochs"]) == (0.01, 5) and "lr_milestones" not in to_teachers
+
+
+@pytest.mark.parametrize("spatial_dims,size", [(2, [64, 64]), (3, [32, 32, 32])])
+def test_image_size_defaults_agree_across_configs(spatial_dims, size):
+    for name in ("train.json", "train_teachers.json", "inference.json"):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / name))
+        parser["spatial_dims"] = spatial_dims
+        assert parser.get_parsed_content("image_size") == size, name
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [64, 64]
 
 
 @pytest.mark.parametrize(

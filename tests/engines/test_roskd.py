@@ -218,3 +218,53 @@ def test_flags_and_class_names(tmp_path):
     datalist.write_text('{"labels": {"0": "disc", "1": "ring"}, "training": []}')
     assert class_names_from_datalist(datalist, 2) == ["disc", "ring"]
     assert class_names_from_datalist(datalist, 3) == ["0", "1", "2"]
+
+
+def test_kd_term_is_eq_3_on_the_teachers_eval_mode_outputs():
+    """The student's kd term is ``tau^2 * sum_m w_m KL(q_m || p)`` with ``q_m`` from each teacher in ``eval()``."""
+    torch.manual_seed(0)
+    teachers = [TinyNet(5), TinyNet(6)]
+    shifted = torch.randn(8, 1, 6, 6) * 3 + 2  # running statistics unlike any training batch
+    for teacher in teachers:
+        teacher.train()
+        for _ in range(5):
+            teacher(shifted)
+    tau, alpha = 0.5, 0.9
+    student = TinyNet()
+    loader = _loader(n=4, batch=4)
+    trainer = DistillationTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=loader,
+        network=student,
+        optimizer=torch.optim.SGD(student.parameters(), lr=0.0),
+        teachers=teachers,
+        loss_terms=roskd_loss_terms("roskd", tau, alpha),
+        decollate=False,
+    )
+    seen = {}
+
+    def record(engine):
+        seen.update({k: engine.state.output[k].detach().clone() for k in ("pred", "kd", "ce", "loss")})
+        seen["weights"] = trainer.loss_terms["kd"].loss.last_weights.clone()
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, record)
+    trainer.run()
+    assert all(not t.training and not any(p.requires_grad for p in t.parameters()) for t in trainer.teachers.values())
+    batch = next(iter(loader))
+    log_p = torch.log_softmax(seen["pred"] / tau, dim=1)
+
+    def kd_of(logits):
+        kl = [
+            (torch.softmax(t / tau, 1) * (torch.log_softmax(t / tau, 1) - log_p)).sum(1).mean() for t in logits
+        ]
+        return tau**2 * sum(w * k for w, k in zip(seen["weights"].tolist(), kl))
+
+    with torch.no_grad():
+        eval_logits = [t.eval()(batch["image"]) for t in teachers]
+        train_logits = [t.train()(batch["image"]) for t in teachers]
+    assert float(seen["kd"]) == pytest.approx(float(kd_of(eval_logits)), rel=1e-5)
+    assert abs(float(seen["kd"]) - float(kd_of(train_logits))) > 1e-3  # batch statistics would give another value
+    ce = nn.functional.cross_entropy(seen["pred"], batch["label"])
+    assert float(seen["ce"]) == pytest.approx(float(ce), rel=1e-5)
+    assert float(seen["loss"]) == pytest.approx(alpha * float(seen["kd"]) + (1 - alpha) * float(ce), rel=1e-5)
