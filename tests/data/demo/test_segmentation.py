@@ -1,37 +1,18 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from PIL import Image
 
-from medkd_ext.data import (
-    CLASSIFICATION_CLASS_NAMES,
-    DEMO_MANIFEST_NAME,
-    check_files_exist,
-    default_demo_root,
-    ensure_classification_demo,
-    ensure_segmentation_demo,
-    load_datalist,
-    make_classification_demo,
-    make_segmentation_demo,
-)
-from medkd_ext.data.demo import main
+from medkd_ext.data import check_files_exist, load_datalist
+from medkd_ext.data.demo import DEMO_MANIFEST_NAME
+from medkd_ext.data.demo.segmentation import ensure_segmentation_demo, make_segmentation_demo, segmentation_demo_dir
+from tests.data.demo._files import content_digest, files, mtimes
 
 SEG_SMALL = {"size": 16, "n_target_train": 2, "n_target_test": 2, "n_source": 3}
-CLS_SMALL = {"size": 24, "n_cases": 24, "n_test": 8}
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _mtimes(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -97,30 +78,30 @@ def test_segmentation_domains_differ_in_lesion_contrast(tmp_path):
 def test_segmentation_same_seed_same_bytes_other_seed_differs(seg_demo, tmp_path):
     root, _ = seg_demo
     make_segmentation_demo(tmp_path / "again", seed=0, **SEG_SMALL)
-    assert _files(tmp_path / "again") == _files(root)
+    assert files(tmp_path / "again") == files(root)
     make_segmentation_demo(tmp_path / "other", seed=1, **SEG_SMALL)
-    other = _files(tmp_path / "other")
-    assert other["target/imagesTr/target_000.nii.gz"] != _files(root)["target/imagesTr/target_000.nii.gz"]
+    other = files(tmp_path / "other")
+    assert other["target/imagesTr/target_000.nii.gz"] != files(root)["target/imagesTr/target_000.nii.gz"]
 
 
 def test_segmentation_idempotent_and_repairs(tmp_path):
     make_segmentation_demo(tmp_path, seed=0, **SEG_SMALL)
-    before, content = _mtimes(tmp_path), _files(tmp_path)
+    before, content = mtimes(tmp_path), files(tmp_path)
     make_segmentation_demo(tmp_path, seed=0, **SEG_SMALL)
-    assert _mtimes(tmp_path) == before  # complete dataset reused, nothing rewritten
+    assert mtimes(tmp_path) == before  # complete dataset reused, nothing rewritten
 
     victim = tmp_path / "source_1/labelsTr/source_1_001.nii.gz"
     victim.unlink()
     make_segmentation_demo(tmp_path, seed=0, **SEG_SMALL)
-    assert _files(tmp_path) == content
+    assert files(tmp_path) == content
 
     (tmp_path / "target/imagesTr/target_000.nii.gz").write_bytes(b"corrupt")
     make_segmentation_demo(tmp_path, seed=0, **SEG_SMALL)
-    assert _files(tmp_path) == content
+    assert files(tmp_path) == content
 
     (tmp_path / DEMO_MANIFEST_NAME).unlink()
     make_segmentation_demo(tmp_path, seed=0, **SEG_SMALL)
-    assert _files(tmp_path) == content
+    assert files(tmp_path) == content
 
     # other parameters: regenerated, and files of the old dataset that are no longer listed are removed
     make_segmentation_demo(tmp_path, seed=0, **{**SEG_SMALL, "n_source": 2})
@@ -145,93 +126,42 @@ def test_segmentation_custom_domain_names(tmp_path):
     assert json.loads(paths["b"].read_text())["numTest"] == 0
 
 
-def test_classification_2d_multiclass(tmp_path):
-    paths = make_classification_demo(tmp_path, seed=0, **CLS_SMALL)
-    content = json.loads(paths["dataset_json"].read_text())
-    assert content["labels"] == {str(i): n for i, n in enumerate(CLASSIFICATION_CLASS_NAMES[2][:4])}
-    train, test = load_datalist(paths["dataset_json"]), load_datalist(paths["dataset_json"], key="test")
-    assert (len(train), len(test)) == (24, 8)
-    assert Counter(item["label"] for item in train) == {0: 6, 1: 6, 2: 6, 3: 6}
-    image = Image.open(train[0]["image"])
-    assert image.mode == "L" and image.size == (24, 24)
-    # several images per patient, and no patient in both splits
-    assert max(Counter(item["patient"] for item in train).values()) >= 2
-    assert not {i["patient"] for i in train} & {i["patient"] for i in test}
-    # labels.csv holds the same cases
-    assert load_datalist(paths["labels_csv"]) == train
-    assert load_datalist(paths["labels_csv"], key="test") == test
+def test_content_pinned_to_generator_version(tmp_path):
+    # if this fails, the generated content changed: bump _GENERATOR_VERSION (medkd_ext/data/demo/cache.py) so that
+    # existing demo folders are regenerated, and update the digests
+    make_segmentation_demo(
+        tmp_path / "a",
+        seed=0,
+        size=(12, 12, 10),
+        n_target_train=1,
+        n_target_test=1,
+        n_source=1,
+        domains=("target", "source_1", "source_2", "other"),
+    )
+    make_segmentation_demo(
+        tmp_path / "b", seed=1, size=12, n_target_train=1, n_target_test=0, n_source=1, multiclass=True
+    )
+    assert content_digest(tmp_path / "a") == "86465832669555c0795d5ce360c29620587961e8e54e13e0d17af77813e770b4"
+    assert content_digest(tmp_path / "b") == "0708bbf733b26ed7ef2d60fb6ae9fcbbe01c7acbb25189c5115ee4660f7b3623"
 
 
-def test_classification_multilabel_csv_and_json_agree(tmp_path):
-    paths = make_classification_demo(tmp_path, seed=2, multi_label=True, num_classes=3, **CLS_SMALL)
-    names = list(CLASSIFICATION_CLASS_NAMES[2][:3])
-    train = load_datalist(paths["dataset_json"])
-    assert all(len(item["label"]) == 3 and set(item["label"]) <= {0, 1} for item in train)
-    assert any(sum(item["label"]) == 0 for item in train) and any(sum(item["label"]) >= 2 for item in train)
-    assert load_datalist(paths["labels_csv"], class_columns=names) == train
-
-
-def test_classification_3d_nifti(tmp_path):
-    paths = make_classification_demo(tmp_path, seed=0, spatial_dims=3, size=16, n_cases=4, n_test=2, num_classes=2)
-    items = load_datalist(paths["dataset_json"])
-    image = nib.load(items[0]["image"])
-    assert image.shape == (16, 16, 16) and image.get_data_dtype() == np.uint8
-    assert json.loads(paths["dataset_json"].read_text())["tensorImageSize"] == "3D"
-
-
-def test_classification_deterministic_and_idempotent(tmp_path):
-    make_classification_demo(tmp_path / "a", seed=5, **CLS_SMALL)
-    make_classification_demo(tmp_path / "b", seed=5, **CLS_SMALL)
-    assert _files(tmp_path / "a") == _files(tmp_path / "b")
-    before = _mtimes(tmp_path / "a")
-    make_classification_demo(tmp_path / "a", seed=5, **CLS_SMALL)
-    assert _mtimes(tmp_path / "a") == before
-
-
-def test_classification_learnable(tmp_path):
-    # nearest class centroid on translation-invariant features (log |FFT|) beats chance (0.25) clearly
-    paths = make_classification_demo(tmp_path, seed=0, size=48, n_cases=120, n_test=40)
-
-    def features(items):
-        x = [np.log1p(np.abs(np.fft.fft2(np.asarray(Image.open(i["image"]), float)))).ravel() for i in items]
-        return np.array(x), np.array([i["label"] for i in items])
-
-    x_train, y_train = features(load_datalist(paths["dataset_json"]))
-    x_test, y_test = features(load_datalist(paths["dataset_json"], key="test"))
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    centroids = np.stack([((x_train[y_train == c] - mean) / std).mean(0) for c in range(4)])
-    distances = ((((x_test - mean) / std)[:, None] - centroids[None]) ** 2).sum(-1)
-    assert (distances.argmin(1) == y_test).mean() > 0.45
-
-
-def test_classification_argument_errors(tmp_path):
-    with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
-        make_classification_demo(tmp_path, spatial_dims=4)
-    with pytest.raises(ValueError, match="num_classes must be from 2 to 6"):
-        make_classification_demo(tmp_path, num_classes=7)
-    with pytest.raises(ValueError, match="n_cases must be an integer >= 1"):
-        make_classification_demo(tmp_path, n_cases=0)
-
-
-def test_ensure_uses_env_root(tmp_path, monkeypatch):
+def test_ensure_under_root(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDKD_DEMO_DIR", str(tmp_path / "cache"))
-    assert default_demo_root() == tmp_path / "cache"
     seg = ensure_segmentation_demo(seed=0, **SEG_SMALL)
     assert seg["target"] == tmp_path / "cache" / "segmentation" / "target" / "dataset.json"
-    cls = ensure_classification_demo(root=tmp_path / "x", spatial_dims=2, multi_label=True, **CLS_SMALL)
-    assert cls["dataset_json"] == tmp_path / "x" / "classification_2d_multilabel" / "dataset.json"
-    assert cls["dataset_json"].is_file()
-    monkeypatch.delenv("MEDKD_DEMO_DIR")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_demo_root() == tmp_path / "xdg" / "medkd" / "demo"
+    assert seg["target"].is_file()
+    paths = ensure_segmentation_demo(root=tmp_path / "x", seed=0, **SEG_SMALL)
+    assert paths["source_2"] == tmp_path / "x" / "segmentation" / "source_2" / "dataset.json"
 
 
-def test_cli(tmp_path, capsys):
-    assert main(["--task", "classification", "--out", str(tmp_path), "--seed", "1", "--spatial-dims", "2"]) == 0
-    out = capsys.readouterr().out
-    assert "written" in out and str(tmp_path / "dataset.json") in out
-    main(["--task", "classification", "--out", str(tmp_path), "--seed", "1"])
-    assert "reused" in capsys.readouterr().out
+def test_segmentation_demo_dir_is_the_parent_of_the_domains(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        "medkd_ext.data.demo.segmentation.make_segmentation_demo",
+        lambda out, seed: make_segmentation_demo(out, seed=seed, **SEG_SMALL),
+    )
+    folder = segmentation_demo_dir(tmp_path, seed=0)
+    assert folder == str(tmp_path / "segmentation")
+    assert sorted(p.name for p in Path(folder).iterdir() if p.is_dir()) == ["source_1", "source_2", "target"]
 
 
 @pytest.mark.slow
