@@ -4,17 +4,16 @@ joint-teacher bundle (Ceausescu et al.)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from monai.engines import SupervisedTrainer
-from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
-from medkd_ext.engines.utils import optimisation_step
+from medkd_ext.engines.utils import LoaderCycle, optimisation_step
 from medkd_ext.networks.taps import FeatureTaps
 
 __all__ = ["DomainAdversarialTrainer"]
@@ -81,13 +80,12 @@ class DomainAdversarialTrainer(SupervisedTrainer):
                 f"DomainAdversarialTrainer: target_weight and domain_weight must be >= 0, got {target_weight} and "
                 f"{domain_weight}."
             )
-        self.target_data_loader = target_data_loader
+        self.target_data_loader = target_data_loader  # cycled through self._target_batches
         self.discriminator = discriminator.to(device)
         self.target_weight = float(target_weight)
         self.domain_weight = float(domain_weight)
         self.taps = FeatureTaps(network, [feature_layer])
         self.feature_layer = feature_layer
-        self._target_iter: Iterator | None = None
         optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
         if any(id(p) not in optimised for p in self.discriminator.parameters() if p.requires_grad):
             raise ValueError(
@@ -95,17 +93,14 @@ class DomainAdversarialTrainer(SupervisedTrainer):
                 "\"$list(@network.parameters()) + list(@discriminator.parameters())\"."
             )
 
-    def _next_target(self) -> Any:
-        if self._target_iter is None:
-            self._target_iter = iter(self.target_data_loader)
-        try:
-            return next(self._target_iter)
-        except StopIteration:
-            self._target_iter = iter(self.target_data_loader)
-            try:
-                return next(self._target_iter)
-            except StopIteration as e:
-                raise ValueError("DomainAdversarialTrainer: the target loader yields no batch.") from e
+    @property
+    def target_data_loader(self) -> Iterable:
+        """The target-domain loader; setting it starts a new cycle over the new loader."""
+        return self._target_batches.loader
+
+    @target_data_loader.setter
+    def target_data_loader(self, loader: Iterable) -> None:
+        self._target_batches = LoaderCycle(loader, "DomainAdversarialTrainer: the target loader")
 
     def _forward(self, engine: DomainAdversarialTrainer, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pred = engine.inferer(inputs, engine.network)
@@ -116,17 +111,20 @@ class DomainAdversarialTrainer(SupervisedTrainer):
         if batchdata is None:
             raise ValueError("DomainAdversarialTrainer: no batch data for this iteration.")
         src_x, src_y = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
-        tgt_batch = engine._next_target()
+        tgt_batch = next(engine._target_batches)
         tgt_x, tgt_y = engine.prepare_batch(tgt_batch, engine.state.device, engine.non_blocking, **engine.to_kwargs)[
             :2
         ]
         engine.state.output = {Keys.IMAGE: src_x, Keys.LABEL: src_y}
 
-        def _compute() -> None:
+        def _forward() -> tuple[torch.Tensor, ...]:
             src_pred, src_feat = engine._forward(engine, src_x)
             tgt_pred, tgt_feat = engine._forward(engine, tgt_x)
             engine.state.output[Keys.PRED] = src_pred
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            return src_pred, src_feat, tgt_pred, tgt_feat
+
+        def _loss(forwarded: tuple[torch.Tensor, ...]) -> None:
+            src_pred, src_feat, tgt_pred, tgt_feat = forwarded
             seg_source = engine.loss_function(src_pred, src_y).mean()
             seg_target = (
                 engine.loss_function(tgt_pred, tgt_y).mean()
@@ -146,9 +144,8 @@ class DomainAdversarialTrainer(SupervisedTrainer):
                     "domain_acc": ((logits.detach() > 0).float() == domains).float().mean(),
                 }
             )
-            engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         engine.network.train()
         engine.discriminator.train()
-        optimisation_step(engine, _compute)
+        optimisation_step(engine, _forward, _loss)
         return engine.state.output

@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 from monai.engines import SupervisedTrainer
-from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
 from medkd_ext.engines.utils import optimisation_step
-from medkd_ext.networks.frozen import freeze
+from medkd_ext.networks.frozen import FrozenTeacher
 from medkd_ext.networks.taps import FeatureTaps
+from medkd_ext.utils import global_avg_pool
 
 __all__ = ["DistillationTrainer", "LossTerm", "loss_parameters", "PRED", "LABEL", "ALL_TEACHERS", "loss_terms_output"]
 
@@ -84,22 +84,20 @@ def _as_list(value: str | Sequence[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _global_pool(x: torch.Tensor) -> torch.Tensor:
-    return x.flatten(2).mean(-1) if x.ndim > 2 else x
-
-
 class DistillationTrainer(SupervisedTrainer):
     """Knowledge-distillation trainer: student plus frozen teachers, and named, weighted loss terms.
 
-    One iteration runs the student (features of the tapped student layers kept with their graph), then every
-    teacher in ``eval()`` under ``torch.inference_mode()`` (outputs cloned afterwards so losses may use them),
-    evaluates every :class:`LossTerm` and backpropagates ``loss = sum_k weight_k * scale_k * term_k``.
+    One iteration runs every teacher, then the student (features of the tapped student layers kept with their
+    graph), evaluates every :class:`LossTerm` and backpropagates ``loss = sum_k weight_k * scale_k * term_k``.
     ``engine.state.output`` holds ``image``, ``label``, ``pred``, ``loss`` and each term's unweighted value under
     its name, so ``StatsHandler``/``TensorBoardStatsHandler`` with
     ``output_transform=medkd_ext.engines.loss_terms_output`` log every term.
 
-    Teachers are frozen here (``eval()``, ``requires_grad=False``) and put back in ``eval()`` every iteration, so
-    a handler that calls ``train()`` on them cannot change their BatchNorm statistics.
+    Teachers are frozen by wrapping each in :class:`~medkd_ext.networks.FrozenTeacher` (a teacher that already is
+    one is used as it is): ``eval()`` and ``requires_grad=False`` (the given network is frozen in place), put back in
+    ``eval()`` before every forward pass, so a handler that calls ``train()`` on them cannot change their BatchNorm
+    statistics, run under ``torch.inference_mode()``, with outputs and tapped features cloned into ordinary tensors
+    so that losses may use them. ``trainer.teachers`` maps each name to its ``FrozenTeacher``.
 
     Args:
         device: device of the student and the teachers (the config's ``device``).
@@ -108,7 +106,8 @@ class DistillationTrainer(SupervisedTrainer):
         network: the student.
         optimizer: optimizer over the student's parameters **and** those of any loss with learnable adapters
             (``FitNetLoss``, ``FeatureAlignLoss``); missing adapters are reported at construction.
-        teachers: a module, a sequence of modules (named ``"0"``, ``"1"``, ...) or a mapping name -> module.
+        teachers: a module, a sequence of modules (named ``"0"``, ``"1"``, ...) or a mapping name -> module; each is
+            moved to ``device`` and frozen.
         loss_terms: :class:`LossTerm` objects or dicts with its fields (as written in a bundle config).
         loss_function: ignored placeholder kept for ``SupervisedTrainer`` compatibility; the supervised part of
             the objective is a term with ``teacher="label"``.
@@ -136,9 +135,9 @@ class DistillationTrainer(SupervisedTrainer):
             loss_function=loss_function,
             **kwargs,
         )
-        self.teachers = self._named_teachers(teachers)
-        for teacher in self.teachers.values():
-            freeze(teacher.to(device))
+        self.teachers: dict[str, FrozenTeacher] = {
+            name: _frozen(teacher.to(device)) for name, teacher in self._named_teachers(teachers).items()
+        }
         terms = [t if isinstance(t, LossTerm) else LossTerm(**t) for t in loss_terms]
         if not terms:
             raise ValueError("DistillationTrainer: loss_terms is empty; give at least one LossTerm.")
@@ -240,23 +239,21 @@ class DistillationTrainer(SupervisedTrainer):
                 )
 
     def _run_teachers(self, inputs: torch.Tensor, args: tuple, kwargs: dict) -> dict[str, dict[str, Any]]:
+        """Each teacher's output and tapped features, as ordinary tensors without autograd history."""
         outputs: dict[str, dict[str, Any]] = {}
-        with torch.inference_mode():
-            for name, teacher in self.teachers.items():
-                teacher.eval()
-                pred = self.inferer(inputs, teacher, *args, **kwargs)
-                values: dict[str, Any] = {PRED: pred} if self._teacher_needs_pred[name] else {}
-                if name in self.teacher_taps:
-                    values.update(self.teacher_taps[name].features)
-                outputs[name] = values
-        # inference tensors cannot be saved for backward: clone outside inference mode
-        return {n: {k: _clone(v) for k, v in vals.items()} for n, vals in outputs.items()}
+        for name, teacher in self.teachers.items():
+            pred = self.inferer(inputs, teacher, *args, **kwargs)
+            values: dict[str, Any] = {PRED: pred} if self._teacher_needs_pred[name] else {}
+            if name in self.teacher_taps:
+                values.update(self.teacher_taps[name].features)
+            outputs[name] = values
+        return outputs
 
     def _term_value(self, term: LossTerm, student: dict[str, Any], teachers: dict[str, dict[str, Any]], label):
         s_names = _as_list(term.student)
         s_value = [student[n] for n in s_names]
         if term.embed:
-            s_value = [torch.cat([_global_pool(v) for v in s_value], dim=1)]
+            s_value = [torch.cat([global_avg_pool(v) for v in s_value], dim=1)]
         s_arg = s_value[0] if isinstance(term.student, str) or term.embed else s_value
         if term.supervised:
             return term.loss(s_arg, label)
@@ -265,7 +262,7 @@ class DistillationTrainer(SupervisedTrainer):
             spec = self._teacher_spec(term, name)
             t_value = [teachers[name][n] for n in _as_list(spec)]
             if term.embed:
-                t_value = [torch.cat([_global_pool(v) for v in t_value], dim=1)]
+                t_value = [torch.cat([global_avg_pool(v) for v in t_value], dim=1)]
             per_teacher.append(t_value[0] if isinstance(spec, str) or term.embed else t_value)
         several = isinstance(term.teachers, str) and term.teachers == ALL_TEACHERS
         several = several or (term.teachers is not None and not isinstance(term.teachers, (int, str)))
@@ -285,11 +282,12 @@ class DistillationTrainer(SupervisedTrainer):
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         teacher_values = engine._run_teachers(inputs, args, kwargs)
 
-        def _compute_pred_loss() -> None:
+        def _forward() -> dict[str, Any]:
             pred = engine.inferer(inputs, engine.network, *args, **kwargs)
             engine.state.output[Keys.PRED] = pred
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            student_values = {PRED: pred}
+            return {PRED: pred}
+
+        def _loss(student_values: dict[str, Any]) -> None:
             if engine.student_taps is not None:
                 student_values.update(engine.student_taps.features)
             total = None
@@ -299,21 +297,14 @@ class DistillationTrainer(SupervisedTrainer):
                 weighted = value * (float(term.weight) * float(term.scale))
                 total = weighted if total is None else total + weighted
             engine.state.output[Keys.LOSS] = total
-            engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         engine.network.train()
-        optimisation_step(engine, _compute_pred_loss)
+        optimisation_step(engine, _forward, _loss)
         return engine.state.output
 
 
-def _clone(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_clone(v) for v in value)
-    if isinstance(value, Mapping):
-        return {k: _clone(v) for k, v in value.items()}
-    return value
+def _frozen(teacher: nn.Module) -> FrozenTeacher:
+    return teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
 
 
 def loss_parameters(loss_terms: Sequence[LossTerm | Mapping[str, Any]]) -> list[nn.Parameter]:

@@ -11,7 +11,7 @@ from monai.engines import SupervisedTrainer
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
-from medkd_ext.engines.utils import optimisation_step
+from medkd_ext.engines.utils import LoaderCycle, optimisation_step
 
 __all__ = ["MultiHeadTrainer", "RoundRobin"]
 
@@ -35,18 +35,12 @@ class RoundRobin:
         return self.rounds * len(self.loaders)
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
-        iterators = [iter(loader) for loader in self.loaders]
+        cycles = [LoaderCycle(loader, f"RoundRobin: loader {d}") for d, loader in enumerate(self.loaders)]
+        for cycle in cycles:  # every loader starts its pass here, in order, before the first batch is drawn
+            cycle.restart()
         for _ in range(self.rounds):
-            for d, loader in enumerate(self.loaders):
-                try:
-                    batch = next(iterators[d])
-                except StopIteration:
-                    iterators[d] = iter(loader)
-                    try:
-                        batch = next(iterators[d])
-                    except StopIteration as e:
-                        raise ValueError(f"RoundRobin: loader {d} yields no batch.") from e
-                yield d, batch
+            for d, cycle in enumerate(cycles):
+                yield d, next(cycle)
 
 
 class MultiHeadTrainer(SupervisedTrainer):
@@ -61,7 +55,9 @@ class MultiHeadTrainer(SupervisedTrainer):
         loss_function: segmentation loss.
         kwargs: other ``SupervisedTrainer`` arguments.
 
-    ``engine.state.output`` holds ``loss`` and ``head`` (the dataset of the batch).
+    ``engine.state.output`` holds ``image``, ``label``, ``pred``, ``loss`` and ``head`` (the dataset of the batch).
+    MONAI's ``IterationEvents`` (``FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED``,
+    ``MODEL_COMPLETED``) are fired as ``SupervisedTrainer`` fires them.
     """
 
     def __init__(
@@ -90,11 +86,14 @@ class MultiHeadTrainer(SupervisedTrainer):
         inputs, targets = engine.prepare_batch(batch, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets, "head": head}
 
-        def _compute() -> None:
+        def _forward() -> torch.Tensor:
             pred = engine.network(inputs, head=head)
             engine.state.output[Keys.PRED] = pred
+            return pred
+
+        def _loss(pred: torch.Tensor) -> None:
             engine.state.output[Keys.LOSS] = engine.loss_function(pred, targets).mean()
 
         engine.network.train()
-        optimisation_step(engine, _compute)
+        optimisation_step(engine, _forward, _loss)
         return engine.state.output

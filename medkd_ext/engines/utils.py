@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-__all__ = ["optimisation_step"]
+__all__ = ["LoaderCycle", "optimisation_step"]
 
 
-def optimisation_step(engine: Trainer, compute: Callable[[], None]) -> None:
-    """Zero the gradients, run ``compute`` (which sets ``engine.state.output["loss"]``), backpropagate and step.
+def optimisation_step(engine: Trainer, forward: Callable[[], Any], loss: Callable[[Any], None]) -> None:
+    """One optimisation step, firing MONAI's iteration events where ``SupervisedTrainer._iteration`` fires them.
 
-    Under ``torch.autocast`` with a gradient scaler when the trainer was built with ``amp=True`` on CUDA, as
-    ``monai.engines.SupervisedTrainer`` does; fires MONAI's ``BACKWARD_COMPLETED`` and ``MODEL_COMPLETED``.
+    Zero the gradients; run ``result = forward()`` (the network(s); it sets ``engine.state.output["pred"]``) and
+    fire ``FORWARD_COMPLETED``; run ``loss(result)`` (it sets ``engine.state.output["loss"]`` and any named term)
+    and fire ``LOSS_COMPLETED``; backpropagate ``engine.state.output["loss"]`` and fire ``BACKWARD_COMPLETED``;
+    step the optimizer and fire ``MODEL_COMPLETED``. ``forward`` and ``loss`` run under ``torch.autocast`` with a
+    gradient scaler when the trainer was built with ``amp=True`` on CUDA, as in ``monai.engines.SupervisedTrainer``.
+
+    Args:
+        engine: the trainer (``engine.optimizer``, ``engine.amp``, ``engine.scaler``, ``engine.state.output``).
+        forward: runs the forward pass; its return value is given to ``loss``.
+        loss: computes the loss from what ``forward`` returned.
     """
+
+    def compute() -> None:
+        result = forward()
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        loss(result)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
     engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
     if engine.amp and engine.scaler is not None:
         with torch.autocast("cuda", **engine.amp_kwargs):
@@ -32,3 +48,44 @@ def optimisation_step(engine: Trainer, compute: Callable[[], None]) -> None:
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         engine.optimizer.step()
     engine.fire_event(IterationEvents.MODEL_COMPLETED)
+
+
+class LoaderCycle:
+    """The batches of a loader, endlessly: ``iter(loader)`` is called again each time the loader is exhausted.
+
+    Every restart is a new pass over the loader, so a shuffling ``DataLoader`` reshuffles. The first
+    ``iter(loader)`` is called by :meth:`restart`, or by the first ``next()`` if :meth:`restart` was not called:
+    call it to start the pass at a chosen moment (where the loader draws its random seeds matters for
+    reproducibility).
+
+    Args:
+        loader: any re-iterable of batches (a ``DataLoader``, a list).
+        name: how the loader is named in the error message, e.g. ``"RoundRobin: loader 1"``.
+
+    Raises:
+        ValueError: from ``next()``, when the loader yields no batch even right after a restart.
+    """
+
+    def __init__(self, loader: Iterable, name: str) -> None:
+        self.loader = loader
+        self.name = name
+        self._iterator: Iterator | None = None
+
+    def restart(self) -> None:
+        """Start a new pass over the loader."""
+        self._iterator = iter(self.loader)
+
+    def __iter__(self) -> LoaderCycle:
+        return self
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            self.restart()
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            self.restart()
+            try:
+                return next(self._iterator)
+            except StopIteration as e:
+                raise ValueError(f"{self.name} yields no batch.") from e

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
+
+from medkd_ext.utils import clone_inference_tensors
 
 __all__: list[str] = []
 
@@ -49,22 +50,7 @@ def as_target(teacher: torch.Tensor) -> torch.Tensor:
     """The teacher as a regression target: no autograd history, and usable in autograd even if it was created
     under ``torch.inference_mode`` (inference tensors cannot be saved for backward). The caller's tensor is
     neither changed nor cut from its own graph."""
-    target = teacher.detach()
-    return target.clone() if target.is_inference() else target
-
-
-def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, *spatial) -> (B, C)``; ``(B, D)`` is returned unchanged."""
-    return x.flatten(2).mean(2) if x.ndim > 2 else x
-
-
-def adaptive_avg_pool(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Adaptive average pooling of ``(B, C, *spatial)`` to ``size`` (1D, 2D or 3D); identity when sizes agree."""
-    size = tuple(int(s) for s in size)
-    if tuple(x.shape[2:]) == size:
-        return x
-    pool = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[len(size)]
-    return pool(x, size)
+    return clone_inference_tensors(teacher.detach())
 
 
 def common_spatial_size(a: torch.Tensor, b: torch.Tensor) -> tuple[int, ...]:

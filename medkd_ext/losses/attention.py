@@ -6,13 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medkd_ext.losses._utils import (
-    adaptive_avg_pool,
-    check_positive,
-    check_same_batch,
-    check_tensor,
-    common_spatial_size,
-)
+from medkd_ext.losses._utils import check_positive, check_same_batch, check_tensor, common_spatial_size
+from medkd_ext.utils import adaptive_avg_pool
 
 __all__ = ["AttentionTransferLoss"]
 

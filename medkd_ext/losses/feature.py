@@ -10,25 +10,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from medkd_ext.losses._utils import (
-    adaptive_avg_pool,
     as_target,
     check_same_batch,
     check_sequence,
     check_tensor,
     common_spatial_size,
-    global_avg_pool,
 )
+from medkd_ext.utils import adaptive_avg_pool, check_positive_int, global_avg_pool, interpolation_mode
 
 __all__ = ["CosineAlignLoss", "FSPLoss", "FeatureAlignLoss", "FitNetLoss"]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_INTERP = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
 def _check_adapter_args(loss: str, student_channels: int, teacher_channels: int, spatial_dims: int) -> None:
     for arg, value in (("student_channels", student_channels), ("teacher_channels", teacher_channels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{loss}: {arg} must be a positive integer, got {value!r}.")
+        check_positive_int(value, loss, arg)
     if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, int) or spatial_dims not in _CONV:
         raise ValueError(f"{loss}: spatial_dims must be 1, 2 or 3, got {spatial_dims!r}.")
 
@@ -174,7 +171,7 @@ class FeatureAlignLoss(nn.Module):
         aligned = self.align(as_target(teacher))
         if aligned.shape[2:] != student.shape[2:]:
             aligned = F.interpolate(
-                aligned, size=student.shape[2:], mode=_INTERP[self.spatial_dims], align_corners=False
+                aligned, size=student.shape[2:], mode=interpolation_mode(self.spatial_dims), align_corners=False
             )
         return F.mse_loss(student, aligned)
 

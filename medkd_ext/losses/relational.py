@@ -7,13 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medkd_ext.losses._utils import (
-    check_positive,
-    check_same_batch,
-    check_tensor,
-    global_avg_pool,
-    off_diagonal,
-)
+from medkd_ext.losses._utils import check_positive, check_same_batch, check_tensor, off_diagonal
+from medkd_ext.utils import global_avg_pool
 
 __all__ = ["RKDAngleLoss", "RKDDistanceLoss", "RKDLoss", "SimilarityKLLoss", "SimilarityPreservingLoss"]
 

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from medkd_ext.utils import is_positive_int
+
 __all__ = ["evaluate_under_attack", "fgsm", "pgd"]
 
 _NORMS = ("l2", "linf")
@@ -165,7 +167,7 @@ def pgd(
         step = radius / 4.0
     if not isinstance(step, (int, float)) or isinstance(step, bool) or step < 0:
         raise ValueError(f"pgd: step must be a non-negative number (default radius / 4), got {step!r}.")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+    if not is_positive_int(steps):
         raise ValueError(f"pgd: steps must be an int >= 1, got {steps!r}.")
     with _attack_mode(model):
         x0 = _plain_copy(x)

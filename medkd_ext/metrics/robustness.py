@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from medkd_ext.utils import is_positive_int
+
 from .attacks import evaluate_under_attack, fgsm, pgd
 from .classification import classification_report
 
@@ -77,7 +79,7 @@ def robustness_report(
         raise ValueError(f"attacks must be a non-empty subset of {ATTACKS}, got {list(attacks)}.")
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or radius < 0:
         raise ValueError(f"radius must be a non-negative number, got {radius!r}.")
-    if not isinstance(pgd_steps, int) or isinstance(pgd_steps, bool) or pgd_steps < 1:
+    if not is_positive_int(pgd_steps):
         raise ValueError(f"pgd_steps must be an integer >= 1, got {pgd_steps!r}.")
     batches = list(loader)
     makers = {

@@ -24,6 +24,7 @@ from torch import nn
 
 from medkd_ext.losses.attention import AttentionTransferLoss
 from medkd_ext.networks.taps import FeatureTaps
+from medkd_ext.utils import interpolation_mode
 
 __all__ = ["attention_map", "attention_overlay", "write_attention_maps"]
 
@@ -53,8 +54,7 @@ def attention_map(
         size = tuple(int(s) for s in spatial_size)
         if len(size) != features.ndim - 2:
             raise ValueError(f"attention_map: spatial_size {size} must have {features.ndim - 2} entries.")
-        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
-        maps = F.interpolate(maps, size=size, mode=mode, align_corners=False)
+        maps = F.interpolate(maps, size=size, mode=interpolation_mode(len(size)), align_corners=False)
     flat = maps.flatten(1)
     low = flat.min(dim=1, keepdim=True).values
     span = flat.max(dim=1, keepdim=True).values - low

@@ -1,8 +1,9 @@
 """DenseNet-40: the light DenseNet student of the attention-transfer paper, built from MONAI's DenseNet.
 
-Table VI of "teacher-student attention transfer for medical imaging" (``papers/002``): the DenseNet-121 stem, dense
-block 1 (6 layers), transition 1, dense block 2 (12 layers), an 8x8 adaptive average pool, two 1x1 convolutions, a
-1x1 adaptive average pool and a fully-connected classifier. Module names match MONAI's ``DenseNet121``
+Table VI of the attention-transfer paper (S. Akbarian, L. Seyyed-Kalantari, F. Khalvati and E. Dolatabadi,
+"Evaluating Knowledge Transfer in Neural Network for Medical Images", arXiv:2008.13574, 2020): the DenseNet-121 stem,
+dense block 1 (6 layers), transition 1, dense block 2 (12 layers), an 8x8 adaptive average pool, two 1x1
+convolutions, a 1x1 adaptive average pool and a fully-connected classifier. Module names match MONAI's ``DenseNet121``
 (``features.conv0``, ``features.denseblock2.denselayer12``, ``class_layers.out``), so the same layer names and hooks
 serve teacher and student, and the stem and first two dense blocks of a DenseNet-121 checkpoint fit this network.
 """
@@ -20,15 +21,9 @@ from monai.networks.nets import DenseNet
 from torch import nn
 
 from medkd_ext.networks.frozen import unwrap_network
+from medkd_ext.utils import check_positive_int, check_positive_ints
 
 __all__ = ["DenseNet40", "densenet_at_layer", "new_planes"]
-
-
-def _positive_ints(value: Sequence[int], name: str, allow_empty: bool = False) -> tuple[int, ...]:
-    values = tuple(value)
-    if (not values and not allow_empty) or any(not isinstance(v, int) or v < 1 for v in values):
-        raise ValueError(f"DenseNet40: {name} must be a non-empty sequence of positive ints, got {value!r}.")
-    return values
 
 
 class DenseNet40(DenseNet):
@@ -93,10 +88,9 @@ class DenseNet40(DenseNet):
             ("bn_size", bn_size),
             ("pool_size", pool_size),
         ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"DenseNet40: {name} must be a positive int, got {value!r}.")
-        blocks = _positive_ints(block_config, "block_config")
-        mids = _positive_ints(mid_channels, "mid_channels")
+            check_positive_int(value, "DenseNet40", name)
+        blocks = check_positive_ints(block_config, "DenseNet40", "block_config")
+        mids = check_positive_ints(mid_channels, "DenseNet40", "mid_channels")
         if not 0.0 <= dropout_prob < 1.0:
             raise ValueError(f"DenseNet40: dropout_prob must be in [0, 1), got {dropout_prob}.")
 
@@ -219,8 +213,7 @@ def new_planes(features: torch.Tensor, growth_rate: int = 32) -> torch.Tensor:
     Returns:
         a view ``(B, growth_rate, *spatial)``.
     """
-    if not isinstance(growth_rate, int) or growth_rate < 1:
-        raise ValueError(f"new_planes: growth_rate must be a positive int, got {growth_rate!r}.")
+    check_positive_int(growth_rate, "new_planes", "growth_rate")
     if features.ndim < 2 or features.shape[1] < growth_rate:
         raise ValueError(
             f"new_planes: features must be (B, C, ...) with C >= growth_rate={growth_rate}, "

@@ -14,6 +14,7 @@ from monai.networks.layers.factories import Pool
 from torch import nn
 
 from medkd_ext.losses.adversarial import GradientReversal
+from medkd_ext.utils import check_positive_int, check_positive_ints
 
 __all__ = ["DomainDiscriminator"]
 
@@ -57,17 +58,11 @@ class DomainDiscriminator(nn.Module):
         norm: str | tuple | None = "batch",
     ) -> None:
         super().__init__()
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"DomainDiscriminator: in_channels must be a positive int, got {in_channels!r}.")
+        check_positive_int(in_channels, "DomainDiscriminator", "in_channels")
         if spatial_dims not in (1, 2, 3):
             raise ValueError(f"DomainDiscriminator: spatial_dims must be 1, 2 or 3, got {spatial_dims!r}.")
-        hidden = tuple(hidden_channels)
-        if not hidden or any(not isinstance(c, int) or c < 1 for c in hidden):
-            raise ValueError(
-                f"DomainDiscriminator: hidden_channels must be a non-empty sequence of positive ints, got {hidden!r}."
-            )
-        if not isinstance(num_domains, int) or num_domains < 1:
-            raise ValueError(f"DomainDiscriminator: num_domains must be a positive int, got {num_domains!r}.")
+        hidden = check_positive_ints(hidden_channels, "DomainDiscriminator", "hidden_channels")
+        check_positive_int(num_domains, "DomainDiscriminator", "num_domains")
         if grl_lambda < 0:
             raise ValueError(f"DomainDiscriminator: grl_lambda must be non-negative, got {grl_lambda}.")
         if not 0.0 <= dropout < 1.0:

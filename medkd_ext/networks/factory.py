@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from medkd_ext.utils import check_positive_int
+
 __all__ = ["SEGMENTATION_ARCHITECTURES", "segmentation_network"]
 
 SEGMENTATION_ARCHITECTURES = ("unet", "tresunet")
@@ -23,8 +25,7 @@ def segmentation_network(
         out_channels: classes including background.
         width: base width ``w``.
     """
-    if width < 1:
-        raise ValueError(f"segmentation_network: width must be a positive integer, got {width}.")
+    check_positive_int(width, "segmentation_network", "width")
     if arch == "unet":
         from medkd_ext.networks.segunet import SegUNet
 

@@ -1,18 +1,20 @@
 """Frozen teachers: a network held in ``eval()``, without gradients, run under ``torch.inference_mode()``.
 
-The design of record (``DESIGN.md``, "Frozen teachers stay frozen") asks that a teacher stay in evaluation mode
-whatever the trainer does, that its parameters never receive gradients, and that what it returns can still enter a
-loss. :class:`FrozenTeacher` does all three; :func:`freeze` does the first two in place for code that keeps the bare
-network.
+This module is the one place where a teacher is frozen; the trainers (``medkd_ext.engines.DistillationTrainer``) and
+:class:`~medkd_ext.networks.JointTeacher` wrap their teachers in :class:`FrozenTeacher`. A frozen teacher stays in
+evaluation mode whatever the trainer does, its parameters never receive gradients, and what it returns can still
+enter a loss. :class:`FrozenTeacher` does all three; :func:`freeze` does the first two in place for code that keeps
+the bare network.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
+
+from medkd_ext.utils import clone_inference_tensors
 
 __all__ = ["FrozenTeacher", "freeze", "unwrap_network"]
 
@@ -60,36 +62,20 @@ def unwrap_network(network: nn.Module) -> nn.Module:
             return network
 
 
-def _map_tensors(data: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """Apply ``fn`` to every tensor in a (nested) tensor / tuple / list / dict structure."""
-    if isinstance(data, torch.Tensor):
-        return fn(data)
-    if isinstance(data, Mapping):
-        return type(data)((k, _map_tensors(v, fn)) for k, v in data.items())
-    if isinstance(data, tuple) and hasattr(data, "_fields"):  # namedtuple
-        return type(data)(*(_map_tensors(v, fn) for v in data))
-    if isinstance(data, (tuple, list)):
-        return type(data)(_map_tensors(v, fn) for v in data)
-    return data
-
-
-def _normal_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """A copy of an inference tensor that autograd may save for backward; other tensors are returned unchanged."""
-    return tensor.clone() if tensor.is_inference() else tensor
-
-
 class FrozenTeacher(nn.Module):
     """A teacher network that stays frozen: ``eval()`` mode, ``requires_grad=False``, no autograd graph.
 
     The wrapped network is put in evaluation mode and its parameters stop requiring gradients. ``train(mode)`` is
     overridden so that the teacher stays in evaluation mode even when a trainer calls ``train()`` on a module that
-    contains it (batch-norm statistics and dropout never change). The forward pass runs under
-    ``torch.inference_mode()`` (or ``torch.no_grad()`` when ``inference_mode=False``).
+    contains it, and the network is put back in evaluation mode before every forward pass, so that a handler that
+    calls ``train()`` on the bare network cannot change it either (batch-norm statistics and dropout never change).
+    The forward pass runs under ``torch.inference_mode()`` (or ``torch.no_grad()`` when ``inference_mode=False``).
 
     Tensors made under inference mode cannot be saved for backward, so a loss such as ``(student * teacher).sum()``
-    would fail. With ``clone_outputs=True`` (default) every tensor returned by the network is cloned once after
-    inference mode has been left, which yields ordinary tensors that can enter any loss; when the caller itself is
-    already inside ``torch.inference_mode()`` (an evaluator) nothing is cloned.
+    would fail. With ``clone_outputs=True`` (default) every inference tensor returned by the network is cloned once
+    after inference mode has been left (:func:`medkd_ext.utils.clone_inference_tensors`), which yields ordinary
+    tensors that can enter any loss; when the caller itself is already inside ``torch.inference_mode()`` (an
+    evaluator) nothing is cloned.
 
     Intermediate features are taken with :class:`~medkd_ext.networks.FeatureTaps`, whose module names are relative
     to the inner network (``"features.denseblock4"``, not ``"network.features.denseblock4"``).
@@ -134,13 +120,14 @@ class FrozenTeacher(nn.Module):
         Returns:
             the network's output (tensor, tuple, list or dict of tensors), without autograd history.
         """
+        self.network.train(False)
         if not self.inference_mode:
             with torch.no_grad():
                 return self.network(*args, **kwargs)
         with torch.inference_mode():
             output = self.network(*args, **kwargs)
         if self.clone_outputs and not torch.is_inference_mode_enabled():
-            output = _map_tensors(output, _normal_tensor)
+            output = clone_inference_tensors(output)
         return output
 
     def extra_repr(self) -> str:

@@ -26,15 +26,9 @@ from torch import nn
 
 from medkd_ext.networks.frozen import FrozenTeacher, unwrap_network
 from medkd_ext.networks.taps import FeatureTaps
+from medkd_ext.utils import adaptive_avg_pool, check_positive_int, interpolation_mode, is_positive_int
 
 __all__ = ["CrossAttentionFusion", "JointTeacher", "token_grid"]
-
-_INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
-_ADAPTIVE_AVG_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def token_grid(spatial_size: Sequence[int], max_tokens: int) -> tuple[int, ...]:
@@ -58,8 +52,7 @@ def token_grid(spatial_size: Sequence[int], max_tokens: int) -> tuple[int, ...]:
     size = tuple(int(s) for s in spatial_size)
     if not size or any(s < 1 for s in size):
         raise ValueError(f"token_grid: spatial_size must be positive ints, got {tuple(spatial_size)!r}.")
-    if not _positive_int(max_tokens):
-        raise ValueError(f"token_grid: max_tokens must be a positive int, got {max_tokens!r}.")
+    check_positive_int(max_tokens, "token_grid", "max_tokens")
     if math.prod(size) <= max_tokens:
         return size
     factor = (max_tokens / math.prod(size)) ** (1.0 / len(size))
@@ -167,25 +160,21 @@ class CrossAttentionFusion(nn.Module):
                 f"CrossAttentionFusion: in_channels has {len(in_channels)} entry ({in_channels!r}); cross-attention "
                 "fuses at least 2 teachers, give one channel count per teacher."
             )
-        if not all(_positive_int(c) for c in in_channels):
+        if not all(is_positive_int(c) for c in in_channels):
             raise ValueError(f"CrossAttentionFusion: in_channels must be positive ints, got {in_channels!r}.")
-        if not _positive_int(out_channels):
-            raise ValueError(f"CrossAttentionFusion: out_channels must be a positive int, got {out_channels!r}.")
+        check_positive_int(out_channels, "CrossAttentionFusion", "out_channels")
         if spatial_dims not in (1, 2, 3):
             raise ValueError(f"CrossAttentionFusion: spatial_dims must be 1, 2 or 3, got {spatial_dims!r}.")
-        if not _positive_int(num_heads):
-            raise ValueError(f"CrossAttentionFusion: num_heads must be a positive int, got {num_heads!r}.")
-        if not _positive_int(max_tokens):
-            raise ValueError(f"CrossAttentionFusion: max_tokens must be a positive int, got {max_tokens!r}.")
+        check_positive_int(num_heads, "CrossAttentionFusion", "num_heads")
+        check_positive_int(max_tokens, "CrossAttentionFusion", "max_tokens")
         if embed_dim is None:
             embed_dim = math.ceil(out_channels / num_heads) * num_heads
-        if not _positive_int(embed_dim) or embed_dim % num_heads:
+        if not is_positive_int(embed_dim) or embed_dim % num_heads:
             raise ValueError(
                 f"CrossAttentionFusion: embed_dim must be a positive multiple of num_heads={num_heads}, "
                 f"got {embed_dim!r}; choose e.g. {math.ceil(out_channels / num_heads) * num_heads}."
             )
-        if not _positive_int(num_res_units):
-            raise ValueError(f"CrossAttentionFusion: num_res_units must be a positive int, got {num_res_units!r}.")
+        check_positive_int(num_res_units, "CrossAttentionFusion", "num_res_units")
 
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -241,7 +230,7 @@ class CrossAttentionFusion(nn.Module):
         """Fused map ``(B, out_channels, *spatial of features[0])`` from K maps ``(B, in_channels[k], *spatial_k)``."""
         self._check_inputs(features)
         size = tuple(features[0].shape[2:])
-        mode = _INTERPOLATION[self.spatial_dims]
+        mode = interpolation_mode(self.spatial_dims)
         projected = []
         for proj, x in zip(self.project, features):
             y = proj(x)
@@ -250,7 +239,7 @@ class CrossAttentionFusion(nn.Module):
             projected.append(y)
 
         grid = token_grid(size, self.max_tokens)
-        pooled = projected if grid == size else [_ADAPTIVE_AVG_POOL[self.spatial_dims](y, grid) for y in projected]
+        pooled = [adaptive_avg_pool(y, grid) for y in projected]  # the maps themselves when grid == size
         tokens = [p.flatten(2).transpose(1, 2) for p in pooled]  # (B, T, E) each
         position = None
         if self.positional_encoding:
@@ -321,14 +310,14 @@ def _teacher_interface(teacher: nn.Module, index: int) -> tuple[list[str], list[
     layers, channels = list(layers), list(channels)
     if not layers or not all(isinstance(n, str) for n in layers):
         raise ValueError(f"{name}: feature_layers must be a non-empty list of module names, got {layers!r}.")
-    if len(channels) != len(layers) or not all(_positive_int(c) for c in channels):
+    if len(channels) != len(layers) or not all(is_positive_int(c) for c in channels):
         raise ValueError(
             f"{name}: feature_channels {channels!r} must hold one positive int per entry of feature_layers "
             f"{layers!r}."
         )
     if strides is not None:
         strides = list(strides)
-        if len(strides) != len(layers) or not all(_positive_int(s) for s in strides):
+        if len(strides) != len(layers) or not all(is_positive_int(s) for s in strides):
             raise ValueError(
                 f"{name}: feature_strides {strides!r} must hold one positive int per entry of feature_layers "
                 f"{layers!r}."
@@ -340,7 +329,7 @@ def _int_list(value: Any, name: str, length: int, what: str) -> list[int]:
     if isinstance(value, (int, str)) or not isinstance(value, Iterable):
         raise ValueError(f"JointTeacher: {name} must be a sequence of {length} positive ints ({what}), got {value!r}.")
     value = list(value)
-    if len(value) != length or not all(_positive_int(v) for v in value):
+    if len(value) != length or not all(is_positive_int(v) for v in value):
         raise ValueError(f"JointTeacher: {name} must hold {length} positive ints ({what}), got {value!r}.")
     return value
 
@@ -445,10 +434,8 @@ class JointTeacher(nn.Module):
                 raise TypeError(f"JointTeacher: teacher {k} must be a torch.nn.Module, got {type(teacher).__name__}.")
         if spatial_dims not in (1, 2, 3):
             raise ValueError(f"JointTeacher: spatial_dims must be 1, 2 or 3, got {spatial_dims!r}.")
-        if not _positive_int(out_channels):
-            raise ValueError(f"JointTeacher: out_channels must be a positive int, got {out_channels!r}.")
-        if not _positive_int(num_res_units):
-            raise ValueError(f"JointTeacher: num_res_units must be a positive int, got {num_res_units!r}.")
+        check_positive_int(out_channels, "JointTeacher", "out_channels")
+        check_positive_int(num_res_units, "JointTeacher", "num_res_units")
 
         interfaces = [_teacher_interface(t, k) for k, t in enumerate(teachers)]
         num_levels = min(len(layers) for layers, _, _ in interfaces)
@@ -496,7 +483,7 @@ class JointTeacher(nn.Module):
                 for i in range(num_levels)
             ]
         )
-        mode = _INTERPOLATION[spatial_dims]
+        mode = interpolation_mode(spatial_dims)
 
         def up_block(c_in: int, c_out: int, ratio: int, skip_channels: int) -> _DecoderBlock:
             kernel = max(3, ratio + 1 if ratio % 2 == 0 else ratio)  # odd and >= stride: no gaps, "same" padding
@@ -522,7 +509,7 @@ class JointTeacher(nn.Module):
         self.feature_channels = list(fused_channels)
         self.feature_strides = list(level_strides)
         divisors = [getattr(unwrap_network(t), "divisor", None) for t in teachers]
-        divisors = [d if _positive_int(d) else (s[-1] if s else 1) for d, (_, _, s) in zip(divisors, interfaces)]
+        divisors = [d if is_positive_int(d) else (s[-1] if s else 1) for d, (_, _, s) in zip(divisors, interfaces)]
         self.divisor = math.lcm(*divisors)
 
         for teacher, layers in zip(self.teachers, used_layers):

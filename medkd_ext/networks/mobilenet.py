@@ -14,6 +14,8 @@ import torch
 from monai.networks.layers.factories import Conv, Norm, Pool
 from torch import nn
 
+from medkd_ext.utils import check_positive_int
+
 __all__ = ["MobileNetV2", "InvertedResidual", "MOBILENET_V2_SETTING"]
 
 MOBILENET_V2_SETTING: tuple[tuple[int, int, int, int], ...] = (
@@ -120,14 +122,12 @@ class MobileNetV2(nn.Module):
         if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
             raise ValueError(f"MobileNetV2: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MobileNetV2: {name} must be a positive integer, got {value!r}.")
+            check_positive_int(value, "MobileNetV2", name)
         if not isinstance(width_mult, (int, float)) or isinstance(width_mult, bool) or width_mult <= 0:
             raise ValueError(f"MobileNetV2: width_mult must be a positive number, got {width_mult!r}.")
         if not 0.0 <= float(dropout_prob) < 1.0:
             raise ValueError(f"MobileNetV2: dropout_prob must be in [0, 1), got {dropout_prob!r}.")
-        if isinstance(round_nearest, bool) or not isinstance(round_nearest, int) or round_nearest < 1:
-            raise ValueError(f"MobileNetV2: round_nearest must be a positive integer, got {round_nearest!r}.")
+        check_positive_int(round_nearest, "MobileNetV2", "round_nearest")
         setting = MOBILENET_V2_SETTING if inverted_residual_setting is None else inverted_residual_setting
         setting = [tuple(row) for row in setting]
         if not setting or any(len(row) != 4 or any(int(v) < 1 for v in row) for row in setting):

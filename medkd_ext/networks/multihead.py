@@ -8,6 +8,8 @@ import torch
 from monai.networks.layers.factories import Conv
 from torch import nn
 
+from medkd_ext.utils import is_positive_int
+
 __all__ = ["MultiHeadSegNet"]
 
 _INTERFACE = ("feature_layers", "feature_channels", "feature_strides", "divisor")
@@ -17,7 +19,7 @@ def _decoder_channels(backbone: nn.Module) -> int:
     channels = getattr(backbone, "decoder_channels", None)
     if channels is None:
         channels = getattr(backbone.head, "in_channels", None)
-    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+    if not is_positive_int(channels):
         raise ValueError(
             f"MultiHeadSegNet: cannot tell the channels entering the head of {type(backbone).__name__}; give it an "
             "int attribute decoder_channels (as SegUNet and TResUNet have) or a convolution as head."
@@ -71,7 +73,7 @@ class MultiHeadSegNet(nn.Module):
                 "segmentation interface (head, feature_layers, feature_channels, feature_strides, divisor), such as "
                 "SegUNet or TResUNet."
             )
-        if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
+        if not is_positive_int(num_heads):
             raise ValueError(
                 f"MultiHeadSegNet: num_heads must be a positive int (one head per dataset), got {num_heads!r}."
             )
@@ -83,7 +85,7 @@ class MultiHeadSegNet(nn.Module):
                     "head_channels."
                 )
         per_head = [head_channels] * num_heads if isinstance(head_channels, int) else list(head_channels)
-        if len(per_head) != num_heads or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in per_head):
+        if len(per_head) != num_heads or not all(is_positive_int(c) for c in per_head):
             raise ValueError(
                 f"MultiHeadSegNet: head_channels must be a positive int or {num_heads} positive ints (one per head), "
                 f"got {head_channels!r}."

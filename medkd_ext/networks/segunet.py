@@ -16,6 +16,8 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.layers.factories import Conv
 from torch import nn
 
+from medkd_ext.utils import check_positive_int, is_positive_int
+
 __all__ = ["SegUNet", "check_spatial_size"]
 
 
@@ -122,11 +124,10 @@ class SegUNet(nn.Module):
         if spatial_dims not in (1, 2, 3):
             raise ValueError(f"SegUNet: spatial_dims must be 1, 2 or 3, got {spatial_dims!r}.")
         for arg, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"SegUNet: {arg} must be a positive int, got {value!r}.")
+            check_positive_int(value, "SegUNet", arg)
         channels = tuple(channels)
         strides = tuple(strides)
-        if len(channels) < 2 or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in channels):
+        if len(channels) < 2 or not all(is_positive_int(c) for c in channels):
             raise ValueError(
                 f"SegUNet: channels must be at least 2 positive ints (encoder levels, then the bottleneck), "
                 f"got {channels!r}."
@@ -136,7 +137,7 @@ class SegUNet(nn.Module):
                 f"SegUNet: strides must have len(channels) - 1 = {len(channels) - 1} entries (one per downsampling "
                 f"between consecutive levels), got {strides!r} for channels {channels!r}."
             )
-        if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in strides):
+        if not all(is_positive_int(s) for s in strides):
             raise ValueError(f"SegUNet: strides must be positive ints, got {strides!r}.")
         if not isinstance(num_res_units, int) or num_res_units < 0:
             raise ValueError(f"SegUNet: num_res_units must be an int >= 0, got {num_res_units!r}.")

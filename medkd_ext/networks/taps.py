@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from medkd_ext.networks.frozen import unwrap_network
+from medkd_ext.utils import clone_inference_tensors
 
 __all__ = ["FeatureTaps", "module_names"]
 
@@ -102,11 +103,8 @@ def _first_tensor(output: Any, name: str) -> torch.Tensor:
 
 
 def _copy(tensor: torch.Tensor) -> torch.Tensor:
-    if tensor.is_inference():
-        # leaving inference mode for the copy gives an ordinary tensor that autograd may save for backward
-        with torch.inference_mode(False):
-            return tensor.clone()
-    return tensor.clone()
+    """A copy of ``tensor``; that of an inference tensor is an ordinary tensor, which autograd may save for backward."""
+    return clone_inference_tensors(tensor) if tensor.is_inference() else tensor.clone()
 
 
 class FeatureTaps:
@@ -195,8 +193,7 @@ class FeatureTaps:
         """
         if not torch.is_inference_mode_enabled():
             for name, tensor in self._features.items():
-                if tensor.is_inference():
-                    self._features[name] = _copy(tensor)
+                self._features[name] = clone_inference_tensors(tensor)
         return {name: self._features[name] for name in self.layers if name in self._features}
 
     def __getitem__(self, name: str) -> torch.Tensor:

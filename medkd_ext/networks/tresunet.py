@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medkd_ext.networks.segunet import check_spatial_size
+from medkd_ext.utils import check_positive_int, check_positive_ints, is_positive_int
 
 __all__ = ["TResUNet"]
 
@@ -184,12 +185,6 @@ class _Bridge(nn.Module):
         return torch.cat([self.attention(x), self.dilated(x)], dim=1)
 
 
-def _positive_int(value: object, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"TResUNet: {name} must be a positive int, got {value!r}.")
-    return value
-
-
 class TResUNet(nn.Module):
     """Transformer ResU-Net (Tomar et al., "TransResU-Net"), 2D and 3D, with the encoder of a ResNet-50.
 
@@ -282,20 +277,21 @@ class TResUNet(nn.Module):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"TResUNet: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
-        _positive_int(in_channels, "in_channels")
-        _positive_int(out_channels, "out_channels")
-        _positive_int(base_width, "base_width")
-        _positive_int(num_heads, "num_heads")
-        _positive_int(transformer_layers, "transformer_layers")
+        for name, value in (
+            ("in_channels", in_channels),
+            ("out_channels", out_channels),
+            ("base_width", base_width),
+            ("num_heads", num_heads),
+            ("transformer_layers", transformer_layers),
+        ):
+            check_positive_int(value, "TResUNet", name)
         layers = tuple(layers)
-        if not 1 <= len(layers) <= 4 or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in layers):
+        if not 1 <= len(layers) <= 4 or not all(is_positive_int(v) for v in layers):
             raise ValueError(
                 f"TResUNet: layers must give 1 to 4 positive block counts (ResNet-50: (3, 4, 6) up to layer3), "
                 f"got {layers!r}."
             )
-        dilations = tuple(dilations)
-        if not dilations or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in dilations):
-            raise ValueError(f"TResUNet: dilations must be a non-empty sequence of positive ints, got {dilations!r}.")
+        dilations = check_positive_ints(dilations, "TResUNet", "dilations")
         if not 0.0 <= float(transformer_dropout) < 1.0:
             raise ValueError(f"TResUNet: transformer_dropout must be in [0, 1), got {transformer_dropout!r}.")
         num_stages = len(layers)

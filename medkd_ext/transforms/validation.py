@@ -18,6 +18,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import ImageMetaKey
 
+from medkd_ext.utils import check_positive_int, is_positive_int
+
 __all__ = ["EnsureImageChannelsd", "ValidateCased", "ValidateClassLabeld", "describe_source"]
 
 
@@ -93,9 +95,7 @@ class ValidateCased(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        if num_classes is not None and (
-            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
-        ):
+        if num_classes is not None and not is_positive_int(num_classes):
             raise ValueError(f"ValidateCased: num_classes must be a positive int or None, got {num_classes!r}.")
         self.label_key = label_key
         self.num_classes = num_classes
@@ -180,8 +180,7 @@ class ValidateClassLabeld(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"ValidateClassLabeld: num_classes must be a positive int, got {num_classes!r}.")
+        check_positive_int(num_classes, "ValidateClassLabeld", "num_classes")
         self.num_classes = num_classes
         self.multi_label = bool(multi_label)
         self.image_key = image_key
@@ -237,8 +236,7 @@ class EnsureImageChannelsd(MapTransform):
 
     def __init__(self, keys: KeysCollection, channels: int, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"EnsureImageChannelsd: channels must be a positive int, got {channels!r}.")
+        check_positive_int(channels, "EnsureImageChannelsd", "channels")
         self.channels = channels
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

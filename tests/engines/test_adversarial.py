@@ -105,3 +105,23 @@ def test_dann_handler_drives_the_discriminator_lambda():
 def test_discriminator_must_be_optimised():
     with pytest.raises(ValueError, match="does not update the discriminator"):
         _trainer(with_disc_params=False)
+
+
+def test_target_loader_is_cycled_and_can_be_replaced():
+    trainer = _trainer(epochs=1)  # 3 source batches
+    drawn = []
+
+    class Logged(list):
+        def __iter__(self):
+            for i, batch in enumerate(super().__iter__()):
+                drawn.append(i)
+                yield batch
+
+    batch = {"image": torch.randn(2, 1, 8, 8, 8), "label": (torch.rand(2, 1, 8, 8, 8) > 0.5).float()}
+    trainer.target_data_loader = Logged([batch, batch])
+    assert isinstance(trainer.target_data_loader, Logged)
+    trainer.run()
+    assert drawn == [0, 1, 0]
+    trainer.target_data_loader = []
+    with pytest.raises(ValueError, match="the target loader yields no batch"):
+        trainer.run()

@@ -4,12 +4,14 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser
+from monai.engines.utils import IterationEvents
 from monai.handlers import StatsHandler
 from torch import nn
 
 from medkd_ext.engines import DistillationTrainer, LossTerm, loss_terms_output
 from medkd_ext.handlers import RampHandler
 from medkd_ext.losses import AttentionTransferLoss, FitNetLoss, KDLoss, MultiTeacherKDLoss
+from medkd_ext.networks import FrozenTeacher
 
 
 class TinyNet(nn.Module):
@@ -176,3 +178,26 @@ def test_trainer_builds_from_a_bundle_style_config():
     trainer.run()
     assert set(trainer.loss_terms) == {"ce", "kd"}
     assert trainer.state.iteration == 2
+
+
+def test_teachers_are_frozen_teachers_around_the_given_networks():
+    bare, wrapped = TinyNet(width=6), FrozenTeacher(TinyNet(width=5))
+    trainer = _trainer([LossTerm("mkd", MultiTeacherKDLoss(2.0), teachers="all")], {"a": bare, "b": wrapped})
+    assert isinstance(trainer.teachers["a"], FrozenTeacher) and trainer.teachers["a"].network is bare
+    assert trainer.teachers["b"] is wrapped
+    assert not bare.training and not any(p.requires_grad for p in bare.parameters())  # frozen in place
+    values = trainer._run_teachers(torch.randn(2, 1, 8, 8), (), {})
+    for name in ("a", "b"):
+        # ordinary tensors without history: a loss may save them for backward
+        assert not values[name]["pred"].is_inference() and not values[name]["pred"].requires_grad
+
+
+def test_iteration_events_are_fired():
+    trainer = _trainer([LossTerm("kd", KDLoss())], TinyNet(width=6))
+    fired = []
+    trainer.add_event_handler(IterationEvents.FORWARD_COMPLETED, lambda e: fired.append(("forward", "pred" in
+                              e.state.output, "loss" in e.state.output)))
+    trainer.add_event_handler(IterationEvents.LOSS_COMPLETED, lambda e: fired.append(("loss", "kd" in e.state.output,
+                              "loss" in e.state.output)))
+    trainer.run()
+    assert fired == [("forward", True, False), ("loss", True, True)] * 2

@@ -127,6 +127,8 @@ def test_new_planes_errors():
         ({"mid_channels": (64, 0)}, "mid_channels"),
         ({"pool_size": 0}, "pool_size"),
         ({"dropout_prob": 1.5}, "dropout_prob"),
+        ({"in_channels": True}, r"DenseNet40: in_channels must be a positive int, got True\."),
+        ({"block_config": (6, True)}, r"block_config must be a non-empty sequence of positive ints, got \(6, True\)"),
     ],
 )
 def test_bad_arguments(kwargs, match):

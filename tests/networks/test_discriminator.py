@@ -69,6 +69,7 @@ def test_discriminator_parameters_get_ordinary_gradients():
         ({"spatial_dims": 4}, "spatial_dims"),
         ({"hidden_channels": ()}, "hidden_channels"),
         ({"hidden_channels": (8, 0)}, "hidden_channels"),
+        ({"hidden_channels": [8, True]}, r"hidden_channels must be .* positive ints, got \[8, True\]"),
         ({"num_domains": 0}, "num_domains"),
         ({"grl_lambda": -1.0}, "grl_lambda"),
         ({"dropout": 1.0}, "dropout"),

@@ -64,6 +64,20 @@ def test_teacher_unchanged_by_an_optimizer_step_on_a_loss_using_its_outputs():
     assert pair.student[0].weight.grad is not None
 
 
+@pytest.mark.parametrize("inference_mode", [True, False])
+def test_train_called_on_the_bare_network_is_undone_before_each_forward(inference_mode):
+    net = bn_net()
+    teacher = FrozenTeacher(net, inference_mode=inference_mode)
+    stats = net[1].running_mean.clone()
+    net.train()  # e.g. a handler that holds the bare network
+    x = torch.randn(4, 1, 5, 5) + 3.0
+    out = teacher(x)
+    assert not any(m.training for m in net.modules())
+    assert torch.equal(net[1].running_mean, stats)  # batch norm used its statistics and did not update them
+    net.train()
+    torch.testing.assert_close(teacher(x), out)  # dropout off again
+
+
 def test_outputs_are_deterministic_in_eval_despite_dropout():
     teacher = FrozenTeacher(bn_net())
     teacher.train()
