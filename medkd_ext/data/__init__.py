@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .datalist import check_files_exist, list_images, load_datalist
+from .datalist import check_files_exist, list_images, load_datalist, log_splits
 from .noise import LABEL_NOISE_MODES, apply_label_noise_to_items, inject_label_noise
 from .parts import ALL_CASES, datalist_part
 from .sampling import overlapping_subsets, patient_split, power_law_counts, power_law_imbalance
 from .segmentation import segmentation_datalists
 
-# demo.py is also run as a script (python -m medkd_ext.data.demo); importing it lazily keeps runpy from
-# finding it already imported by this package.
+# The demo package is imported on first use of one of its names: it needs scipy, which nothing else here does.
+# (It is also run as python -m medkd_ext.data.demo; its __main__ module is never imported, so runpy does not warn.)
 _DEMO_NAMES = (
     "CLASSIFICATION_CLASS_NAMES",
     "DEMO_MANIFEST_NAME",
@@ -51,6 +51,7 @@ __all__ = [
     "inject_label_noise",
     "list_images",
     "load_datalist",
+    "log_splits",
     "make_classification_demo",
     "make_segmentation_demo",
     "overlapping_subsets",

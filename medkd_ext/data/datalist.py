@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_datalist", "check_files_exist"]
+__all__ = ["load_datalist", "check_files_exist", "log_splits"]
+
+logger = logging.getLogger(__name__)
 
 _CSV_SPLIT_COLUMN = "split"
 
@@ -285,3 +288,24 @@ def list_images(folder: str | os.PathLike) -> list[str]:
             f"it holds {content}."
         )
     return found
+
+
+def log_splits(splits: Mapping[str, Sequence[Any]], **more: Sequence[Any]) -> dict[str, int]:
+    """Log and return the number of cases of each split (``name -> cases``; a list of lists counts per entry).
+
+    Bundles call it in ``initialize`` with the splits they build (``"$medkd_ext.data.log_splits(@splits)"``): the
+    counts tell the user what the datalist gave, and building the splits there checks every file and label before
+    any stage trains.
+
+    Args:
+        splits: split name -> list of cases, or a list of such lists (several source datasets).
+        more: further splits by name (e.g. ``test=@test_items``).
+    """
+    counts: dict[str, int] = {}
+    for name, cases in {**dict(splits), **more}.items():
+        if cases and all(isinstance(c, (list, tuple)) for c in cases):
+            counts.update({f"{name}[{i}]": len(c) for i, c in enumerate(cases)})
+        else:
+            counts[name] = len(cases)
+    logger.info("cases per split: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return counts

@@ -41,6 +41,7 @@ def segmentation_datalists(
     val_fraction: float = 0.2,
     seed: int = 0,
     sources: Sequence[int] | None = None,
+    test_key: str = "test",
 ) -> dict[str, Any]:
     """Read and check the target and source datalists, and split the target's training cases.
 
@@ -55,6 +56,7 @@ def segmentation_datalists(
         val_fraction: fraction of the target's training cases held out for validation.
         seed: seed of the split.
         sources: indices into ``source_datalists`` to use (the "which sources" ablation); default all.
+        test_key: the key of the target datalist's held-out, labelled test cases (a bundle's ``test_split``).
 
     Returns:
         ``{"target_train", "target_val", "target_test", "sources"}``: lists of ``{"image", "label"}`` items;
@@ -74,7 +76,7 @@ def segmentation_datalists(
         val_idx = set(order[:n_val].tolist())
         val = [item for i, item in enumerate(train) if i in val_idx]
         train = [item for i, item in enumerate(train) if i not in val_idx]
-    test = _labelled(target_path, "test") if _has_key(target_path, "test") else []
+    test = _labelled(target_path, test_key) if _has_key(target_path, test_key) else []
     all_sources = list(source_datalists)
     chosen = range(len(all_sources)) if sources is None else sources
     source_items = []

@@ -1,8 +1,12 @@
-"""Ignite/MONAI trainers for distillation.
+"""Ignite/MONAI trainers for distillation and the stage runner of multi-stage bundles.
 
-The RoS-KD bundle's config helpers (method selection, teacher loading, loss terms) live in the submodule
-``medkd_ext.engines.roskd``, imported by that bundle's configs as ``$import medkd_ext.engines.roskd``; they are
-bundle glue, not trainers, so they are not re-exported here.
+Each bundle's own config helpers live in one submodule named after its method, imported by that bundle's configs
+(``"$import medkd_ext.engines.<module>"``) and not re-exported here:
+
+- ``medkd_ext.engines.roskd``: ``bundles/roskd_classification`` (method selection, noisy splits, teacher loading);
+- ``medkd_ext.engines.attention_transfer``: ``bundles/attention_transfer_densenet`` (DenseNet teacher checkpoints,
+  trainable layers, pre-trained weights);
+- ``medkd_ext.engines.joint_teacher``: ``bundles/joint_teacher_seg`` (the multi-level distillation terms).
 """
 
 from medkd_ext.engines.adversarial import DomainAdversarialTrainer
@@ -15,10 +19,19 @@ from medkd_ext.engines.distillation import (
     loss_parameters,
     loss_terms_output,
 )
-from medkd_ext.engines.evaluation import evaluate_segmentation
 from medkd_ext.engines.multihead import MultiHeadTrainer, RoundRobin
-from medkd_ext.engines.multilevel import DISTILLATION_SITES, multilevel_distillation_terms
-from medkd_ext.engines.stages import locate_bundle, run_stage, run_stages
+from medkd_ext.engines.stages import (
+    Stage,
+    as_flag,
+    for_each,
+    locate_bundle,
+    run_stage,
+    run_stages,
+    set_num_threads,
+    stage_config,
+    stage_hint,
+    stage_workflow,
+)
 
 __all__ = [
     "DomainAdversarialTrainer",
@@ -28,13 +41,17 @@ __all__ = [
     "PRED",
     "LABEL",
     "ALL_TEACHERS",
+    "Stage",
+    "as_flag",
+    "for_each",
     "run_stage",
     "run_stages",
+    "set_num_threads",
+    "stage_config",
+    "stage_hint",
+    "stage_workflow",
     "locate_bundle",
     "loss_parameters",
-    "multilevel_distillation_terms",
-    "DISTILLATION_SITES",
-    "evaluate_segmentation",
     "MultiHeadTrainer",
     "RoundRobin",
 ]

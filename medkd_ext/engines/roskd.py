@@ -4,7 +4,6 @@ Imaging") and its baselines, as the pieces ``bundles/roskd_classification`` asse
 - :func:`prepare_training_items`: label checks, a patient-level train/validation split and simulated label noise on
   the training split only;
 - :func:`teacher_subset`: the training subset of teacher ``i`` (``overlapping_subsets``, Sec. III-A);
-- :func:`run_teacher_stages`: trains teachers ``1 .. k-1`` by running the teacher stage config once per index;
 - :func:`load_teachers`, :func:`roskd_loss_terms`, :func:`uses_smoothing`: one key, ``method``, selects RoS-KD or
   one of the paper's baselines (Sec. IV-C): which teachers are distilled, with which loss, and whether the final
   model is the smooth parameter average ``M_smooth`` (eq. 1).
@@ -28,14 +27,13 @@ from medkd_ext.data.datalist import check_files_exist, load_datalist
 from medkd_ext.data.noise import apply_label_noise_to_items
 from medkd_ext.data.sampling import overlapping_subsets, patient_split
 from medkd_ext.engines.distillation import ALL_TEACHERS, LABEL, LossTerm
-from medkd_ext.engines.stages import run_stage
+from medkd_ext.engines.stages import as_flag, stage_hint
 from medkd_ext.handlers.averaging import recompute_batchnorm
 from medkd_ext.losses.response import KDLoss, MultiTeacherKDLoss
 from medkd_ext.networks.checkpoint import load_state_dict, save_state_dict
 
 __all__ = [
     "ROSKD_METHODS",
-    "TEACHER_STAGE",
     "as_flag",
     "check_method",
     "check_teacher_list",
@@ -45,10 +43,8 @@ __all__ = [
     "method_teacher_indices",
     "prepare_training_items",
     "roskd_loss_terms",
-    "run_teacher_stages",
     "save_final_network",
     "supervised_loss",
-    "teacher_checkpoint",
     "teacher_subset",
     "uses_smoothing",
 ]
@@ -63,20 +59,6 @@ ROSKD_METHODS: dict[str, str] = {
     "roskd": "RoS-KD: stochastic (exponential) teacher weights per iteration and smooth parameter averaging",
 }
 """``method`` values of the bundle (the paper's Baseline IV, RL-learned teacher weights, is not implemented)."""
-
-TEACHER_STAGE = "configs/train_teachers.json"
-"""The stage that writes the teacher checkpoints, named in errors about missing ones."""
-
-def as_flag(value: Any, name: str = "value") -> bool:
-    """A boolean config value, also from the strings a command line gives (``"true"``/``"false"``, ``"1"``/``"0"``)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, Integral) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.strip().lower() in ("true", "1", "yes")
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
-
 
 def check_method(method: str) -> str:
     """Return ``method`` if it is one of :data:`ROSKD_METHODS`, else raise ``ValueError`` listing them."""
@@ -159,44 +141,45 @@ def check_teacher_list(teacher_defs: Sequence[Any], num_teachers: int) -> None:
         )
 
 
-def teacher_checkpoint(models_dir: str | os.PathLike, index: int) -> str:
-    """``<models_dir>/teacher_<index>.pt``."""
-    return os.path.join(os.fspath(models_dir), f"teacher_{int(index)}.pt")
-
-
 def load_teachers(
     method: str,
     teacher_defs: Sequence[nn.Module],
-    models_dir: str | os.PathLike,
+    teacher_ckpts: Sequence[str | os.PathLike],
     device: str | torch.device,
     hinton_teacher: int,
+    stages: Sequence[Any] = (),
 ) -> dict[str, nn.Module]:
-    """The trained teachers ``method`` distils, loaded from ``models/teacher_<i>.pt``, keyed by their index.
+    """The trained teachers ``method`` distils, loaded from ``teacher_ckpts``, keyed by their index.
 
     Every checkpoint the method needs is checked before any is loaded, so a missing one is reported with the stage
-    to run (``configs/train_teachers.json``) before training starts.
+    that writes it before training starts.
 
     Args:
         method: one of :data:`ROSKD_METHODS`.
         teacher_defs: the ``k`` teacher networks (untrained instances).
-        models_dir: folder of the teacher checkpoints.
+        teacher_ckpts: the ``k`` teacher checkpoints (``teacher_ckpts[i]`` holds teacher ``i``).
         device: device to put the teachers on.
         hinton_teacher: index of the single teacher of ``"hinton_kd"``.
+        stages: the bundle's stages, to name the one that writes a missing checkpoint (:func:`stage_hint`).
 
     Returns:
         ``{"<i>": teacher_i}`` (empty for ``"student_only"``).
     """
+    if len(teacher_ckpts) != len(teacher_defs):
+        raise ValueError(
+            f"{len(teacher_ckpts)} teacher checkpoints for {len(teacher_defs)} teacher_defs; give one for each teacher."
+        )
     indices = method_teacher_indices(method, len(teacher_defs), hinton_teacher)
-    paths = {i: teacher_checkpoint(models_dir, i) for i in indices}
+    paths = {i: os.fspath(teacher_ckpts[i]) for i in indices}
     missing = [path for path in paths.values() if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(
-            f"method '{method}' needs the teacher checkpoint(s) {missing}, which do not exist: run {TEACHER_STAGE} "
-            f"first (python -m monai.bundle run --config_file <bundle>/{TEACHER_STAGE}), with the same models_dir."
+            f"method '{method}' needs the teacher checkpoint(s) {missing}, which do not exist: "
+            f"{stage_hint(stages, missing[0])}."
         )
     teachers = {}
     for i in indices:
-        hint = f"written by {TEACHER_STAGE} for teacher {i}; run that stage again with the current teacher_defs"
+        hint = f"{stage_hint(stages, paths[i])}, with the current teacher_defs"
         network = teacher_defs[i].to(device)
         teachers[str(i)] = load_state_dict(network, paths[i], device=device, stage_hint=hint)
     return teachers
@@ -331,31 +314,6 @@ def teacher_subset(
             "validation split); lower k or add training cases."
         )
     return overlapping_subsets(train_items, num_teachers, overlap, seed=seed)[int(index)]
-
-
-def run_teacher_stages(
-    config_file: str | os.PathLike,
-    indices: Sequence[int],
-    overrides: Mapping[str, Any] | None = None,
-    overlays: Sequence[str | os.PathLike] = (),
-) -> dict[int, float]:
-    """Run the teacher stage config once per teacher index (override ``teacher_index``).
-
-    Args:
-        config_file: ``configs/train_teachers.json``.
-        indices: teacher indices to train.
-        overrides: top-level ids passed to every run (``device``, ``dataset_dir``, ``max_epochs``, ...).
-        overlays: configs merged after the stage config in every run (e.g. ``configs/paper.json``).
-
-    Returns:
-        teacher index -> wall time in seconds.
-    """
-    times = {}
-    for index in indices:
-        logger.info("training teacher %d", index)
-        values = {**dict(overrides or {}), "teacher_index": int(index)}
-        times[int(index)] = run_stage([Path(config_file), *[Path(o) for o in overlays]], overrides=values)
-    return times
 
 
 def class_names_from_datalist(datalist: str | os.PathLike, num_classes: int) -> list[str]:

@@ -1,24 +1,305 @@
-"""Running the stages of a multi-stage bundle in order.
+"""Running the stages of a multi-stage bundle, each an overlay of the bundle's one base workflow.
 
-A multi-stage bundle keeps one config per stage (``train_teachers.json``, ``train_student.json``, ...), each a
-complete MONAI train workflow, and a ``train.json`` that runs the earlier stages with :func:`run_stages` before its
-own trainer, passing its top-level ids (``device``, ``dataset_dir``, ``seed``, ...) on, so that one command line
-override reaches every stage.
+A bundle keeps one base training workflow, ``configs/train.json`` (data, transforms, validation, handlers, the
+student), and writes every other stage as an overlay that replaces only what differs (network, loss terms, trainer,
+checkpoint), the model-zoo's way for multi-stage bundles. ``train.json`` lists its stages as :class:`Stage` objects
+and runs them with :func:`run_stages`.
+
+A stage's config is the **raw config of the workflow that runs it** (``train.json``, any other file the user merged,
+e.g. ``paper.json``, and every ``--id value`` given on the command line, nested ids included), then the stage's
+overlay files merged in order as MONAI merges ``--config_file "['a.json', 'b.json']"``, then the stage's own ids
+(e.g. ``source_index``). Nothing is forwarded by list: whatever the user set reaches every stage, except what a stage
+overlay deliberately replaces. Each stage is one ``ConfigWorkflow`` (initialize, run, finalize), seeded by its own
+``initialize``.
+
+A stage names its outputs (checkpoints) in one place, its :class:`Stage` entry; a later stage that lacks them gets
+:func:`stage_hint`'s message naming the stage to run.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
-from monai.bundle import ConfigWorkflow
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle.utils import merge_kv
 
-__all__ = ["run_stage", "run_stages", "locate_bundle"]
+__all__ = [
+    "Stage",
+    "as_flag",
+    "current_config",
+    "for_each",
+    "locate_bundle",
+    "run_stage",
+    "run_stages",
+    "set_num_threads",
+    "stage_config",
+    "stage_hint",
+    "stage_workflow",
+]
 
 logger = logging.getLogger(__name__)
+
+BASE_CONFIG = "configs/train.json"
+"""The base workflow of every bundle; it runs every stage in order."""
+
+
+def as_flag(value: Any, name: str = "value") -> bool:
+    """A boolean config value, also from the strings a command line gives (``"true"``/``"false"``, ``"1"``/``"0"``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, Integral) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+@dataclass
+class Stage:
+    """One stage of a bundle: overlay configs merged on the base workflow, the stage's own ids and its outputs.
+
+    Written in a config as ``{"_target_": "medkd_ext.engines.Stage", "name": "joint_teacher", "config":
+    "train_joint.json", "outputs": ["@joint_ckpt"]}``.
+
+    Args:
+        name: the stage's name, used in logs and messages (``"target_teacher"``, ``"teacher_3"``, ``"student"``).
+        config: overlay file name(s) relative to the bundle's ``configs`` folder, merged in order after the running
+            workflow's own config.
+        ids: id -> raw config value set after the overlays (e.g. ``{"source_index": 1}``).
+        outputs: files the stage writes; checked to exist after it ran, and named to a later stage that lacks them.
+        enabled: a stage that is not enabled is skipped (``true``/``false``, also as command-line strings).
+        reuse_outputs: skip the stage when every output exists already (a teacher trained once and reused).
+    """
+
+    name: str
+    config: str | Sequence[str]
+    ids: Mapping[str, Any] = field(default_factory=dict)
+    outputs: Sequence[str | os.PathLike] = ()
+    enabled: bool | str = True
+    reuse_outputs: bool | str = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Stage name must be a non-empty string, got {self.name!r}.")
+        self.config = [self.config] if isinstance(self.config, (str, os.PathLike)) else list(self.config)
+        if not self.config or not all(isinstance(c, (str, os.PathLike)) for c in self.config):
+            raise ValueError(f"stage '{self.name}': config must be a file name or a list of them, got {self.config!r}.")
+        if isinstance(self.outputs, (str, os.PathLike)):
+            self.outputs = [self.outputs]
+        self.outputs = [str(o) for o in self.outputs]
+        self.ids = dict(self.ids)
+        self.enabled = as_flag(self.enabled, f"stage '{self.name}' enabled")
+        self.reuse_outputs = as_flag(self.reuse_outputs, f"stage '{self.name}' reuse_outputs")
+
+    def command(self) -> str:
+        """The command line that runs this stage alone (the base workflow plus the stage's overlays)."""
+        files = [BASE_CONFIG] + [f"configs/{c}" for c in self.config]
+        ids = "".join(f" --{k} {v}" for k, v in self.ids.items())
+        return f"python -m monai.bundle run --config_file \"{files!r}\"{ids}"
+
+
+def for_each(
+    name: str,
+    config: str | Sequence[str],
+    index_id: str,
+    count: int,
+    outputs: Sequence[str | os.PathLike] = (),
+    **kwargs: Any,
+) -> list[Stage]:
+    """``count`` stages of one overlay, stage ``i`` named ``<name>_<i>`` with ``index_id`` set to ``i``.
+
+    Args:
+        name: base name of the stages.
+        config: overlay file name(s) of every stage.
+        index_id: the id that tells the overlay which one it is (``"source_index"``, ``"teacher_index"``).
+        count: number of stages.
+        outputs: one output per stage (``outputs[i]`` is written by stage ``i``), or empty.
+        kwargs: other :class:`Stage` arguments, the same for every stage.
+    """
+    if isinstance(count, bool) or not isinstance(count, Integral) or count < 0:
+        raise ValueError(f"for_each('{name}'): count must be a non-negative integer, got {count!r}.")
+    outputs = list(outputs)
+    if outputs and len(outputs) != count:
+        raise ValueError(f"for_each('{name}'): {len(outputs)} outputs for {count} stages; give one per stage.")
+    return [
+        Stage(f"{name}_{i}", config, ids={index_id: i}, outputs=[outputs[i]] if outputs else (), **kwargs)
+        for i in range(int(count))
+    ]
+
+
+def _flatten(stages: Iterable[Stage | Iterable[Stage]]) -> list[Stage]:
+    flat: list[Stage] = []
+    for stage in stages:
+        if isinstance(stage, Stage):
+            flat.append(stage)
+        elif isinstance(stage, Iterable) and not isinstance(stage, (str, Mapping)):
+            flat.extend(_flatten(stage))
+        else:
+            raise TypeError(f"stages must be Stage objects (or lists of them), got {type(stage).__name__}.")
+    return flat
+
+
+def current_config() -> dict[str, Any]:
+    """The raw config of the bundle workflow whose expression is being evaluated.
+
+    That is the files the user gave merged in order, with every command-line ``--id value`` applied (macros and
+    relative ids already expanded by MONAI's parser). It is found as the ``ConfigParser`` evaluating the calling
+    expression, so call it only from a config expression (``"$medkd_ext.engines.run_stages(...)"``).
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, ConfigParser):
+            return owner.get()
+        frame = frame.f_back
+    raise RuntimeError(
+        "current_config() is called from a bundle config expression (\"$medkd_ext.engines.run_stages(...)\"); "
+        "outside a config, pass the base config to run_stages(..., base_config=...)."
+    )
+
+
+def stage_config(
+    base_config: Mapping[str, Any], stage: Stage, config_dir: str | os.PathLike
+) -> dict[str, Any]:
+    """The raw config of ``stage``: a copy of ``base_config``, its overlays merged in order, then its own ids."""
+    parser = ConfigParser(config=copy.deepcopy(dict(base_config)))
+    for name in stage.config:
+        path = Path(config_dir) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"stage '{stage.name}': config file {path} does not exist.")
+        for key, value in ConfigParser.load_config_file(str(path)).items():
+            merge_kv(parser, key, value)
+    parser.update(dict(stage.ids))
+    return parser.get()
+
+
+def stage_workflow(
+    base_config: Mapping[str, Any], stage: Stage, config_dir: str | os.PathLike, workflow_type: str = "train"
+) -> ConfigWorkflow:
+    """A MONAI ``ConfigWorkflow`` (not initialised) over :func:`stage_config`."""
+    config_dir = Path(config_dir)
+    logging_file = config_dir / "logging.conf"
+    workflow = ConfigWorkflow(
+        config_file=None,
+        meta_file=str(config_dir / "metadata.json"),
+        logging_file=str(logging_file) if logging_file.is_file() else False,
+        workflow_type=workflow_type,
+    )
+    workflow.config_root_path = config_dir
+    workflow.parser.set(stage_config(base_config, stage, config_dir))
+    return workflow
+
+
+def _run_workflow(workflow: ConfigWorkflow) -> None:
+    workflow.initialize()
+    try:
+        workflow.run()
+    finally:
+        workflow.finalize()
+
+
+def run_stages(
+    stages: Iterable[Stage | Iterable[Stage]],
+    config_dir: str | os.PathLike,
+    base_config: Mapping[str, Any] | None = None,
+) -> dict[str, float]:
+    """Run ``stages`` in order, each a ``ConfigWorkflow`` over the running workflow's config plus its overlays.
+
+    Args:
+        stages: :class:`Stage` objects or lists of them (as :func:`for_each` returns).
+        config_dir: the bundle's ``configs`` folder, where the overlays are.
+        base_config: the raw config the stages are built on; default the workflow evaluating this call
+            (:func:`current_config`), so that every id the user gave reaches every stage.
+
+    Returns:
+        Stage name -> wall time in seconds (``0.0`` for a skipped stage).
+
+    Raises:
+        RuntimeError: a stage finished without writing one of its outputs.
+    """
+    base = current_config() if base_config is None else base_config
+    times: dict[str, float] = {}
+    for stage in _flatten(stages):
+        if not stage.enabled:
+            logger.info("stage %s skipped: not enabled", stage.name)
+            times[stage.name] = 0.0
+            continue
+        if stage.reuse_outputs and stage.outputs and all(Path(o).is_file() for o in stage.outputs):
+            logger.info("stage %s skipped: its outputs %s exist", stage.name, stage.outputs)
+            times[stage.name] = 0.0
+            continue
+        logger.info("running stage %s", stage.name)
+        start = time.perf_counter()
+        _run_workflow(stage_workflow(base, stage, config_dir))
+        times[stage.name] = time.perf_counter() - start
+        logger.info("stage %s finished in %.1f s", stage.name, times[stage.name])
+        missing = [o for o in stage.outputs if not Path(o).is_file()]
+        if missing:
+            raise RuntimeError(f"stage '{stage.name}' finished without writing {missing}; see its log above.")
+    return times
+
+
+def stage_hint(stages: Iterable[Stage | Iterable[Stage]], path: str | os.PathLike) -> str:
+    """What to run to get ``path``: the stage whose outputs name it, for a missing-checkpoint message."""
+    target = os.path.normpath(os.fspath(path))
+    for stage in _flatten(stages):
+        if any(os.path.normpath(o) == target for o in stage.outputs):
+            return (
+                f"written by stage '{stage.name}': run {BASE_CONFIG}, which runs every stage in order, "
+                f"or that stage alone: {stage.command()}"
+            )
+    return f"run {BASE_CONFIG} first, which writes it"
+
+
+def run_stage(
+    config_file: str | os.PathLike | Sequence[str | os.PathLike],
+    overrides: Mapping[str, Any] | None = None,
+    meta_file: str | os.PathLike | None = None,
+    workflow_type: str = "train",
+) -> float:
+    """Run config file(s) merged in order, with ``overrides``, as one ``ConfigWorkflow``; return its wall time.
+
+    What ``python -m monai.bundle run --config_file "[...]" --id value`` does, for scripts and tests.
+    """
+    files = [Path(config_file)] if isinstance(config_file, (str, os.PathLike)) else [Path(f) for f in config_file]
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"run_stage: config file {f} does not exist.")
+    start = time.perf_counter()
+    workflow = ConfigWorkflow(
+        config_file=[str(f) for f in files],
+        meta_file=str(meta_file if meta_file is not None else files[0].parent / "metadata.json"),
+        workflow_type=workflow_type,
+        **dict(overrides or {}),
+    )
+    _run_workflow(workflow)
+    return time.perf_counter() - start
+
+
+def set_num_threads(num_threads: int | None) -> int:
+    """Set the number of CPU threads torch uses (``num_threads`` of every bundle) and return it.
+
+    ``None`` takes half of the CPU cores this process may use (at least 1), so that a training does not thrash with
+    another process on the same machine (a demo epoch went from 7 s to 175 s with two processes each using every
+    core); a positive integer is used as given.
+    """
+    if num_threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        num_threads = max(1, cores // 2)
+    if isinstance(num_threads, bool) or not isinstance(num_threads, Integral) or num_threads < 1:
+        raise ValueError(f"num_threads must be a positive integer or null (half the cores), got {num_threads!r}.")
+    torch.set_num_threads(int(num_threads))
+    return int(num_threads)
 
 
 def locate_bundle(name: str) -> str:
@@ -39,90 +320,3 @@ def locate_bundle(name: str) -> str:
         f"bundle '{name}' not found in {here}, {here / 'bundles'} or beside medkd_ext; run from the repository root "
         "or pass --bundle_root <path to the bundle>."
     )
-
-
-def run_stage(
-    config_file: str | Path | Sequence[str | Path],
-    overrides: Mapping[str, Any] | None = None,
-    meta_file: str | Path | None = None,
-    logging_file: str | Path | None = None,
-    workflow_type: str = "train",
-) -> float:
-    """Run one stage config as a MONAI ``ConfigWorkflow`` (initialize, run, finalize).
-
-    Args:
-        config_file: the stage's config, or a list of configs merged in order (a stage plus overlays).
-        overrides: id -> value set on the stage's parser before it is initialised.
-        meta_file: the bundle's ``metadata.json``; defaults to ``configs/metadata.json`` beside the config.
-        logging_file: a logging config; ``None`` leaves logging as the caller set it.
-        workflow_type: ``"train"`` or ``"infer"``.
-
-    Returns:
-        The stage's wall time in seconds.
-    """
-    files = [Path(config_file)] if isinstance(config_file, (str, Path)) else [Path(f) for f in config_file]
-    for f in files:
-        if not f.is_file():
-            raise FileNotFoundError(f"run_stage: config file {f} does not exist.")
-    if meta_file is None:
-        meta_file = files[0].parent / "metadata.json"
-    start = time.perf_counter()
-    workflow = ConfigWorkflow(
-        config_file=[str(f) for f in files] if len(files) > 1 else str(files[0]),
-        meta_file=str(meta_file),
-        logging_file=str(logging_file) if logging_file is not None else None,
-        workflow_type=workflow_type,
-        **dict(overrides or {}),
-    )
-    workflow.initialize()
-    try:
-        workflow.run()
-    finally:
-        workflow.finalize()
-    elapsed = time.perf_counter() - start
-    logger.info("stage %s finished in %.1f s", files[-1].name, elapsed)
-    return elapsed
-
-
-def run_stages(
-    config_dir: str | Path,
-    stages: Sequence[str | Sequence[str] | Mapping[str, Any]],
-    overrides: Mapping[str, Any] | None = None,
-    skip_if_exists: Mapping[str, str | Path] | None = None,
-    overlays: Sequence[str | Path] = (),
-) -> dict[str, float]:
-    """Run stage configs of a bundle in order, each with the same top-level overrides.
-
-    Args:
-        config_dir: the bundle's ``configs`` folder.
-        stages: config file names (relative to ``config_dir``), lists of names merged in order, or dicts
-            ``{"config": name or list, "overrides": {...}}`` whose overrides add to the common ones (e.g. the
-            index of the source dataset a stage trains on).
-        overrides: id -> value passed to every stage (e.g. ``{"device": @device, "dataset_dir": @dataset_dir}``).
-        skip_if_exists: stage name -> output file; a stage whose output exists is skipped (used for a teacher that
-            only has to be trained once).
-        overlays: config files merged after every stage's config (e.g. ``paper.json``), so that an overlay given
-            to ``train.json`` applies to every stage.
-
-    Returns:
-        Stage name -> wall time in seconds (``0.0`` for a skipped stage).
-    """
-    config_dir = Path(config_dir)
-    times: dict[str, float] = {}
-    for stage in stages:
-        extra: Mapping[str, Any] = {}
-        if isinstance(stage, Mapping):
-            extra = stage.get("overrides", {})
-            stage = stage["config"]
-        names = [stage] if isinstance(stage, str) else list(stage)
-        key = names[0] + "".join(f" {k}={v}" for k, v in extra.items())
-        output = (skip_if_exists or {}).get(names[0])
-        if output is not None and Path(output).exists():
-            logger.info("stage %s skipped: its output %s exists", key, output)
-            times[key] = 0.0
-            continue
-        logger.info("running stage %s", key)
-        times[key] = run_stage(
-            [config_dir / n for n in names] + [Path(o) for o in overlays], overrides={**(overrides or {}), **extra}
-        )
-    return times

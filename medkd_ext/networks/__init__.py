@@ -8,12 +8,6 @@ from __future__ import annotations
 
 from medkd_ext.losses.adversarial import GradientReversal
 from medkd_ext.networks.attention_maps import attention_map, attention_overlay, write_attention_maps
-from medkd_ext.networks.attention_transfer import (
-    from_torchvision_densenet,
-    load_densenet_teacher,
-    load_matching_weights,
-    unfreeze_last_layers,
-)
 from medkd_ext.networks.checkpoint import apply_state_dict, load_state_dict, read_state_dict, save_state_dict
 from medkd_ext.networks.densenet40 import DenseNet40, densenet_at_layer, new_planes
 from medkd_ext.networks.discriminator import DomainDiscriminator
@@ -56,8 +50,4 @@ __all__ = [
     "attention_map",
     "attention_overlay",
     "write_attention_maps",
-    "from_torchvision_densenet",
-    "load_densenet_teacher",
-    "load_matching_weights",
-    "unfreeze_last_layers",
 ]

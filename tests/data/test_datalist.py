@@ -135,3 +135,12 @@ def test_check_files_exist_names_case_and_path(msd):
     check_files_exist([{"image": items[0]["image"], "label": 3}])  # class indices are not paths
     with pytest.raises(ValueError, match="case 0 .* no 'label'"):
         check_files_exist([{"image": items[0]["image"]}], allow_missing_keys=False)
+
+
+def test_log_splits_counts_every_split_and_each_source(caplog):
+    from medkd_ext.data import log_splits
+
+    with caplog.at_level("INFO", logger="medkd_ext.data.datalist"):
+        counts = log_splits({"train": [{}, {}], "sources": [[{}], [{}, {}, {}]]}, test=[])
+    assert counts == {"train": 2, "sources[0]": 1, "sources[1]": 3, "test": 0}
+    assert "train 2, sources[0] 1, sources[1] 3, test 0" in caplog.text

@@ -6,10 +6,9 @@ from ignite.engine import Events
 from torch import nn
 
 from medkd_ext.data import overlapping_subsets
-from medkd_ext.engines import DistillationTrainer
+from medkd_ext.engines import DistillationTrainer, as_flag, for_each
 from medkd_ext.engines.roskd import (
     ROSKD_METHODS,
-    as_flag,
     check_teacher_list,
     class_names_from_datalist,
     load_teachers,
@@ -195,19 +194,23 @@ def test_teacher_list_and_missing_checkpoints(tmp_path):
     with pytest.raises(ValueError, match=r"lists 2 networks but num_teachers \(k\) is 3"):
         check_teacher_list([TinyNet(), TinyNet()], 3)
     defs = [TinyNet(5), TinyNet(6)]
-    assert load_teachers("student_only", defs, tmp_path, "cpu", 1) == {}
-    with pytest.raises(FileNotFoundError, match=r"teacher_1\.pt.*configs/train_teachers\.json"):
-        load_teachers("hinton_kd", defs, tmp_path, "cpu", 1)
+    ckpts = [str(tmp_path / f"teacher_{i}.pt") for i in range(2)]
+    stages = for_each("teacher", "train_teacher.json", "teacher_index", 2, ckpts)
+    assert load_teachers("student_only", defs, ckpts, "cpu", 1, stages) == {}
+    with pytest.raises(FileNotFoundError, match=r"teacher_1\.pt.*written by stage 'teacher_1'.*--teacher_index 1"):
+        load_teachers("hinton_kd", defs, ckpts, "cpu", 1, stages)
     trained = TinyNet(6)
-    save_state_dict(trained, tmp_path / "teacher_1.pt")
-    loaded = load_teachers("hinton_kd", defs, tmp_path, "cpu", 1)
+    save_state_dict(trained, ckpts[1])
+    loaded = load_teachers("hinton_kd", defs, ckpts, "cpu", 1, stages)
     assert list(loaded) == ["1"]
     assert torch.equal(loaded["1"].head.weight, trained.head.weight)
     with pytest.raises(FileNotFoundError, match=r"teacher_0\.pt"):
-        load_teachers("roskd", defs, tmp_path, "cpu", 1)
-    save_state_dict(TinyNet(7), tmp_path / "teacher_0.pt")
-    with pytest.raises(ValueError, match="train_teachers.json"):
-        load_teachers("roskd", defs, tmp_path, "cpu", 1)
+        load_teachers("roskd", defs, ckpts, "cpu", 1, stages)
+    save_state_dict(TinyNet(7), ckpts[0])
+    with pytest.raises(ValueError, match="stage 'teacher_0'"):
+        load_teachers("roskd", defs, ckpts, "cpu", 1, stages)
+    with pytest.raises(ValueError, match="1 teacher checkpoints for 2 teacher_defs"):
+        load_teachers("roskd", defs, ckpts[:1], "cpu", 1, stages)
 
 
 def test_flags_and_class_names(tmp_path):

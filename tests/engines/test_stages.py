@@ -3,56 +3,121 @@ from __future__ import annotations
 import json
 
 import pytest
+from monai.bundle import ConfigWorkflow
 
-from medkd_ext.engines import locate_bundle, run_stage, run_stages
+from medkd_ext.engines import Stage, as_flag, for_each, locate_bundle, run_stage, run_stages, stage_config, stage_hint
 
 
-def _write_stage(config_dir, name, tag):
-    config = {
-        "log": "unset",
-        "source": "none",
-        "run": [f"$open(@log, 'a').write('{tag}:' + str(@source) + '\\n')"],
-    }
-    (config_dir / name).write_text(json.dumps(config))
+def _write(path, config):
+    path.write_text(json.dumps(config))
+    return path
 
 
 @pytest.fixture
 def config_dir(tmp_path):
+    """A base workflow that runs two stages; each stage logs its name, ``source`` and a nested id."""
     d = tmp_path / "configs"
     d.mkdir()
     (d / "metadata.json").write_text("{}")
-    _write_stage(d, "a.json", "a")
-    _write_stage(d, "b.json", "b")
-    (d / "overlay.json").write_text(json.dumps({"source": "overlaid"}))
+    log = tmp_path / "log.txt"
+    _write(d / "train.json", {
+        "imports": ["$import medkd_ext", "$import medkd_ext.engines"],
+        "log": str(log),
+        "source": "none",
+        "net": {"width": 2, "depth": 3},
+        "stage_name": "base",
+        "out": str(tmp_path / "out"),
+        "stages": [
+            {"_target_": "medkd_ext.engines.Stage", "name": "a", "config": "a.json", "outputs": ["$@out + '_a'"]},
+            {"_target_": "medkd_ext.engines.for_each", "name": "b", "config": ["a.json", "b.json"], "index_id": "index",
+             "count": 2},
+        ],
+        "run": [f"$medkd_ext.engines.run_stages(@stages, '{d}')"],
+    })
+    line = "$open(@log, 'a').write(@stage_name + ':' + str(@source) + ':' + str(@net#width) + '\\n')"
+    _write(d / "a.json", {"stage_name": "a", "run": [line, "$open(@out + '_a', 'w').write('x')"]})
+    _write(d / "b.json", {"index": 0, "stage_name": "$'b' + str(@index)", "+net": {"depth": 4}, "run": [line]})
     return d
 
 
-def test_stages_run_in_order_with_common_and_own_overrides(config_dir, tmp_path):
-    log = tmp_path / "log.txt"
-    times = run_stages(
-        config_dir,
-        ["a.json", {"config": "b.json", "overrides": {"source": 1}}, {"config": "b.json", "overrides": {"source": 2}}],
-        overrides={"log": str(log)},
-    )
-    assert log.read_text().splitlines() == ["a:none", "b:1", "b:2"]
-    assert list(times) == ["a.json", "b.json source=1", "b.json source=2"]
+def _run(files, **overrides):
+    workflow = ConfigWorkflow(config_file=[str(f) for f in files], workflow_type=None, **overrides)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
 
 
-def test_overlays_and_skipping(config_dir, tmp_path):
-    log = tmp_path / "log.txt"
-    done = tmp_path / "teacher.pt"
+def test_every_id_of_the_running_workflow_reaches_every_stage(config_dir, tmp_path):
+    _run([config_dir / "train.json"], source="cli", **{"net#width": 7})
+    assert (tmp_path / "log.txt").read_text().splitlines() == ["a:cli:7", "b0:cli:7", "b1:cli:7"]
+
+
+def test_a_merged_overlay_reaches_every_stage(config_dir, tmp_path):
+    overlay = _write(config_dir / "paper.json", {"source": "paper"})
+    _run([config_dir / "train.json", overlay])
+    assert (tmp_path / "log.txt").read_text().splitlines() == ["a:paper:2", "b0:paper:2", "b1:paper:2"]
+
+
+def test_stage_config_merges_overlays_in_order_then_the_stage_ids(config_dir):
+    base = {"net": {"width": 5, "depth": 3}, "source": "x"}
+    config = stage_config(base, Stage("b1", ["a.json", "b.json"], ids={"index": 1}), config_dir)
+    assert config["net"] == {"width": 5, "depth": 4}  # "+net" merges into the base's dict
+    assert (config["index"], config["stage_name"], config["source"]) == (1, "$'b' + str(@index)", "x")
+    assert base == {"net": {"width": 5, "depth": 3}, "source": "x"}  # the running workflow's config is not changed
+
+
+def test_skipping_and_outputs(config_dir, tmp_path):
+    base = {"log": str(tmp_path / "log.txt"), "source": 0, "net": {"width": 1}, "out": str(tmp_path / "out")}
+    done = tmp_path / "out_a"
     done.write_text("x")
     times = run_stages(
-        config_dir, ["a.json", "b.json"], {"log": str(log)}, skip_if_exists={"a.json": done},
-        overlays=[config_dir / "overlay.json"],
+        [Stage("a", "a.json", outputs=[str(done)], reuse_outputs="true"), Stage("b", "b.json", enabled="false")],
+        config_dir, base_config=base,
     )
-    assert log.read_text().splitlines() == ["b:overlaid"]
-    assert times["a.json"] == 0.0
+    assert times == {"a": 0.0, "b": 0.0} and not (tmp_path / "log.txt").exists()
+    with pytest.raises(RuntimeError, match=r"stage 'b0' finished without writing .*never\.pt"):
+        run_stages([Stage("b0", "b.json", outputs=[str(tmp_path / "never.pt")])], config_dir, base_config=base)
 
 
-def test_missing_config_is_named(config_dir):
+def test_missing_overlay_is_named(config_dir):
+    with pytest.raises(FileNotFoundError, match="stage 'x'.*nope.json"):
+        stage_config({}, Stage("x", "nope.json"), config_dir)
     with pytest.raises(FileNotFoundError, match="nope.json"):
         run_stage(config_dir / "nope.json")
+
+
+def test_stage_hint_names_the_stage_that_writes_a_file():
+    stages = [
+        Stage("target", "t.json", outputs=["m/t.pt"]),
+        for_each("src", ["t.json", "s.json"], "i", 2, ["m/s0.pt", "m/s1.pt"]),
+    ]
+    hint = stage_hint(stages, "m/./s1.pt")
+    assert "stage 'src_1'" in hint and "configs/train.json" in hint
+    assert "\"['configs/train.json', 'configs/t.json', 'configs/s.json']\" --i 1" in hint
+    assert stage_hint(stages, "elsewhere.pt") == "run configs/train.json first, which writes it"
+
+
+def test_for_each_and_stage_arguments_are_checked():
+    assert [s.ids for s in for_each("t", "t.json", "teacher_index", 3)] == [{"teacher_index": i} for i in range(3)]
+    with pytest.raises(ValueError, match="2 outputs for 3 stages"):
+        for_each("t", "t.json", "teacher_index", 3, ["a", "b"])
+    with pytest.raises(ValueError, match="count must be a non-negative integer"):
+        for_each("t", "t.json", "teacher_index", -1)
+    with pytest.raises(ValueError, match="enabled must be true or false"):
+        Stage("t", "t.json", enabled="maybe")
+    with pytest.raises(ValueError, match="config must be a file name"):
+        Stage("t", [])
+
+
+def test_as_flag():
+    assert as_flag("True") is True and as_flag("false") is False and as_flag(1) is True and as_flag(" no ") is False
+    with pytest.raises(ValueError, match="multi_label must be true or false"):
+        as_flag("maybe", "multi_label")
+
+
+def test_run_stages_outside_a_config_needs_a_base_config(config_dir):
+    with pytest.raises(RuntimeError, match="base_config"):
+        run_stages([Stage("a", "a.json")], config_dir)
 
 
 def test_locate_bundle(tmp_path, monkeypatch):

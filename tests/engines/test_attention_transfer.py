@@ -4,14 +4,13 @@ import pytest
 import torch
 from monai.networks.nets import DenseNet121
 
-from medkd_ext.networks import (
-    DenseNet40,
+from medkd_ext.engines.attention_transfer import (
     from_torchvision_densenet,
     load_densenet_teacher,
     load_matching_weights,
-    save_state_dict,
     unfreeze_last_layers,
 )
+from medkd_ext.networks import DenseNet40, save_state_dict
 
 
 def _torchvision_style(state: dict) -> dict:

@@ -6,7 +6,8 @@ from ignite.engine import Events
 from monai.losses import DiceCELoss
 from torch import nn
 
-from medkd_ext.engines import DistillationTrainer, loss_parameters, multilevel_distillation_terms
+from medkd_ext.engines import DistillationTrainer, loss_parameters
+from medkd_ext.engines.joint_teacher import multilevel_distillation_terms
 from medkd_ext.handlers import DecayHandler, RampHandler
 
 

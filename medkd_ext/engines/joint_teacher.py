@@ -1,4 +1,5 @@
-"""The loss terms of curriculum multi-level distillation (joint-teacher bundle, stage 3; Ceausescu et al.)."""
+"""The joint-teacher bundle's helpers (``bundles/joint_teacher_seg``): the loss terms of curriculum multi-level
+distillation (stage 3; Ceausescu et al.)."""
 
 from __future__ import annotations
 

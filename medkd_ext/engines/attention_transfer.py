@@ -1,4 +1,5 @@
-"""DenseNet checkpoints and trainable layers for attention transfer (``bundles/attention_transfer_densenet``).
+"""The attention-transfer bundle's helpers (``bundles/attention_transfer_densenet``): DenseNet checkpoints and
+trainable layers.
 
 A teacher is any DenseNet-121 checkpoint: one written by this project (MONAI key names) or a torchvision-style one
 (``features.denseblock1.denselayer1.norm1.weight``, ``classifier.weight``), whose keys are renamed to MONAI's. The
@@ -19,6 +20,7 @@ from torch import nn
 
 from medkd_ext.networks.checkpoint import _strip_wrapper_prefixes, apply_state_dict, read_state_dict
 from medkd_ext.networks.frozen import unwrap_network
+from medkd_ext.utils import is_positive_int
 
 __all__ = ["from_torchvision_densenet", "load_densenet_teacher", "load_matching_weights", "unfreeze_last_layers"]
 
@@ -172,9 +174,7 @@ def unfreeze_last_layers(network: nn.Module, num_layers: int | None = None) -> l
     if num_layers is None:
         first = 0
     else:
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= len(
-            layer_positions
-        ):
+        if not is_positive_int(num_layers) or num_layers > len(layer_positions):
             raise ValueError(
                 f"unfreeze_last_layers: num_layers must be an int from 1 to {len(layer_positions)} (the conv/linear "
                 f"layers of {type(inner).__name__}) or None for all layers, got {num_layers!r}."
