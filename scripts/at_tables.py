@@ -83,12 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     if not teacher.is_file():
         if args.teacher_ckpt is not None:
             parser.error(f"--teacher-ckpt {teacher} does not exist")
-        teacher_overrides = {**common, "ckpt_dir": str(teacher.parent), "output_dir": str(out / "teacher"), "seed": 0}
-        teacher_overrides.pop("max_epochs", None)
-        teacher_overrides.pop("beta", None)
+        teacher_overrides = {**common, "teacher_ckpt": str(teacher), "output_dir": str(out / "teacher"), "seed": 0}
         if args.teacher_max_epochs is not None:
-            teacher_overrides["max_epochs"] = args.teacher_max_epochs
-        times["teacher"] = run_stage(CONFIGS / "train_teacher.json", teacher_overrides)
+            teacher_overrides["teacher_max_epochs"] = args.teacher_max_epochs
+        times["teacher"] = run_stage([CONFIGS / "train.json", CONFIGS / "train_teacher.json"], teacher_overrides)
 
     results: dict[str, dict[str, list[float]]] = {}
     for seed in range(args.seeds):
@@ -107,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                     "output_dir": str(run_dir),
                 }
                 start = time.perf_counter()
-                run_stage(CONFIGS / "train.json", values)
-                run_stage([CONFIGS / "train.json", CONFIGS / "evaluate.json"], values)
+                run_stage(CONFIGS / "train.json", values)  # trains the student, then evaluates it on the test split
                 times[f"seed{seed}/{cell}"] = time.perf_counter() - start
                 report = json.loads((run_dir / "metrics.json").read_text())
                 scores = results.setdefault(cell, {"auc": [], "f1": []})

@@ -1,14 +1,15 @@
 """Table 2 of Ceausescu et al. for the joint-teacher bundle: multi-head / dataset-specific / joint teacher / student.
 
-For every seed, trains the bundle's three stages (``train.json``) and the two baselines on the same data:
+For every seed, trains the bundle's stages (``train.json``) and the two baselines on the same data:
 
-- dataset-specific: the student architecture trained on the target alone (``train_target_teacher.json`` with the
-  student's architecture, width, epochs and supervised loss ``seg_loss``, Dice + cross-entropy);
+- dataset-specific: the student architecture trained on the target alone (the target-teacher stage with the
+  student's architecture, width, epochs and supervised loss ``loss``, Dice + cross-entropy);
 - multi-head: one shared student backbone with a head per dataset, trained on alternating batches of the target
   and every source (``train_multihead.json``);
 
-then evaluates the four models on the target's held-out test cases and prints IoU, DSC, Recall, Precision and HD95
-as mean +/- std over the seeds (Markdown). Example:
+then evaluates the four models on the target's held-out test cases with ``evaluate.json`` (each model's stage
+overlays plus ``evaluate.json``, ``ckpt_file`` its checkpoint) and prints IoU, DSC, Recall, Precision and HD95 as
+mean +/- std over the seeds (Markdown). Example:
 
     python scripts/joint_teacher_table.py --seeds 3 --out /tmp/jt_table
 """
@@ -16,70 +17,57 @@ as mean +/- std over the seeds (Markdown). Example:
 from __future__ import annotations
 
 import argparse
+import csv
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.bundle import ConfigParser
 
-from medkd_ext.engines import evaluate_segmentation, run_stage
-from medkd_ext.networks import load_state_dict
+from medkd_ext.engines import run_stage
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "joint_teacher_seg"
 CONFIGS = BUNDLE / "configs"
 METRICS = ("IoU", "DSC", "Recall", "Precision", "HD95")
 ROWS = ("multi-head", "dataset-specific", "joint teacher", "student")
+TARGET_TEACHER = ["train.json", "train_target_teacher.json"]
 
 
-def _parser(config: str, overrides: dict[str, Any]) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / config))
-    parser.read_meta(str(CONFIGS / "metadata.json"))
-    parser.update(overrides)
-    parser.parse()
-    return parser
+def _run(files: list[str], overrides: dict[str, Any]) -> float:
+    return run_stage([CONFIGS / f for f in files], overrides=overrides)
+
+
+def _means(report: Path) -> dict[str, float]:
+    """The mean row of an ``evaluate.json`` report (class ``all``, or the one foreground class)."""
+    rows = [r for r in csv.DictReader(report.open()) if r["case"] == "mean"]
+    row = next((r for r in rows if r["class"] == "all"), rows[-1])
+    return {m: float(row[m]) for m in METRICS}
 
 
 def run_seed(seed: int, out: Path, extra: dict[str, Any]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Train everything for one seed; return the target-test means per model and the wall time per run."""
-    base = {"bundle_root": str(BUNDLE), "seed": seed, "ckpt_dir": str(out / "models"), "output_dir": str(out / "eval"),
-            **extra}
-    times: dict[str, float] = {}
-    start = time.perf_counter()
-    run_stage(CONFIGS / "train.json", overrides=base)
-    times["train.json (3 stages)"] = time.perf_counter() - start
-    student = _parser("train.json", base)
+    models = out / "models"
+    base = {"bundle_root": str(BUNDLE), "seed": seed, "ckpt_dir": str(models), "output_dir": str(out / "eval"), **extra}
+    times = {"train.json (every stage)": _run(["train.json"], base)}
     # the student's architecture, epochs and supervised loss (Dice + CE), without teachers
-    specific = {**base, "teacher_arch": student["student_arch"], "teacher_width": student["student_width"],
-                "max_epochs": student["max_epochs"], "loss": student["seg_loss"],
-                "ckpt_file": str(out / "models" / "baseline_specific.pt"), "output_dir": str(out / "eval_specific")}
-    times["dataset-specific"] = run_stage(CONFIGS / "train_target_teacher.json", overrides=specific)
-    multihead = {**base, "max_epochs": student["max_epochs"], "output_dir": str(out / "eval_multihead")}
-    times["multi-head"] = run_stage(CONFIGS / "train_multihead.json", overrides=multihead)
+    specific = {**base, "teacher_arch": "@student_arch", "teacher_width": "@student_width",
+                "target_teacher_max_epochs": "@max_epochs", "train#trainer#loss_function": "@loss",
+                "stage_ckpt": str(models / "baseline_specific.pt"), "output_dir": str(out / "eval_specific")}
+    times["dataset-specific"] = _run(TARGET_TEACHER, specific)
+    multihead = {**base, "output_dir": str(out / "eval_multihead")}
+    times["multi-head"] = _run(["train.json", "train_multihead.json"], multihead)
 
-    device = student.get_parsed_content("device")
-    networks = {
-        "student": load_state_dict(student.get_parsed_content("network_def"), out / "models" / "model.pt", device),
-        "joint teacher": student.get_parsed_content("joint_teacher"),
-        "dataset-specific": load_state_dict(
-            _parser("train_target_teacher.json", specific).get_parsed_content("network_def"),
-            out / "models" / "baseline_specific.pt", device),
-        "multi-head": load_state_dict(
-            _parser("train_multihead.json", multihead).get_parsed_content("network_def"),
-            out / "models" / "baseline_multihead.pt", device),  # head 0 is the target's
+    evaluations = {
+        "student": (["train.json"], base, models / "model.pt"),
+        "joint teacher": (TARGET_TEACHER + ["train_joint.json"], base, models / "joint_teacher.pt"),
+        "dataset-specific": (TARGET_TEACHER, specific, models / "baseline_specific.pt"),
+        "multi-head": (["train.json", "train_multihead.json"], multihead, models / "baseline_multihead.pt"),
     }
-    test = {"target": student.get_parsed_content("datalists")["target_test"]}
     results = {}
-    for name, network in networks.items():
-        means = evaluate_segmentation(
-            network.to(device).eval(), test, student.get_parsed_content("validate#preprocessing"),
-            student.get_parsed_content("validate#inferer"), student.get_parsed_content("validate#postprocessing"),
-            out / "table" / name.replace(" ", "_"), int(student["num_classes"]), device,
-        )
-        row = next(r for r in means["target"] if r["class"] == "all")
-        results[name] = {m: float(row[m]) for m in METRICS}
+    for name, (files, overrides, ckpt) in evaluations.items():
+        report_dir = out / "table" / name.replace(" ", "_")
+        _run(files + ["evaluate.json"], {**overrides, "ckpt_file": str(ckpt), "output_dir": str(report_dir)})
+        results[name] = _means(report_dir / "metrics.csv")
     return results, times
 
 

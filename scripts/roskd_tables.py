@@ -1,8 +1,9 @@
 """RoS-KD and its baselines on the demo (or any dataset): the paper's Table I and Table II over several seeds.
 
-For every seed the teachers are trained once (``configs/train_teachers.json``), then every method is trained from
-those same teachers (``configs/train.json --method <m> --train_teachers false``) and evaluated on the test split;
-Baseline III and RoS-KD are also attacked (``configs/robustness.json``: FGSM and PGD, L2, radius 128/255).
+For every seed the teachers are trained once (``configs/train.json`` with its student and evaluation stages disabled),
+then every method is trained from those same teachers (``configs/train.json --method <m> --train_teachers false``)
+and evaluated on the test split; Baseline III and RoS-KD are also attacked (``configs/robustness.json`` over
+``evaluate.json``: FGSM and PGD, L2, radius 128/255).
 Results are printed as mean +/- std over the seeds and written to ``<work_dir>/roskd_tables.json``.
 
     python scripts/roskd_tables.py --seeds 3 --work_dir /tmp/roskd_tables
@@ -61,10 +62,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             base["dataset_dir"] = args.dataset_dir
         models = work / f"seed_{seed}" / "models"
         start = time.perf_counter()
-        teacher_overrides = {**base, "models_dir": str(models), "output_dir": str(work / f"seed_{seed}" / "teachers")}
+        teacher_overrides = {**base, "ckpt_dir": str(models), "output_dir": str(work / f"seed_{seed}" / "teachers")}
+        teacher_overrides.update({"stages#1#enabled": False, "stages#2#enabled": False})  # teachers only
         if args.teacher_max_epochs is not None:
-            teacher_overrides["max_epochs"] = args.teacher_max_epochs
-        run_stage(CONFIGS / "train_teachers.json", overrides=teacher_overrides)
+            teacher_overrides["teacher_max_epochs"] = args.teacher_max_epochs
+        run_stage(CONFIGS / "train.json", overrides=teacher_overrides)
         results["times"][f"seed {seed} teachers"] = time.perf_counter() - start
         per_seed: dict[str, Any] = {"seed": seed}
         for method in args.methods:
@@ -73,8 +75,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 **base,
                 "method": method,
                 "train_teachers": False,
-                "models_dir": str(models),
-                "model_path": str(models / f"model_{method}.pt"),
+                "ckpt_dir": str(models),
+                "ckpt_file": str(models / f"model_{method}.pt"),
                 "output_dir": str(out),
             }
             if args.max_epochs is not None:
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             per_seed[method] = {"test": {k: report[k] for k in (*METRICS, "auc_macro", "accuracy")}}
             if method in ATTACKED:
                 attack = {**overrides, "robustness#pgd_steps": args.pgd_steps}
-                run_stage([CONFIGS / "train.json", CONFIGS / "robustness.json"], overrides=attack)
+                run_stage([CONFIGS / f for f in ("train.json", "evaluate.json", "robustness.json")], overrides=attack)
                 robust = json.loads((out / "robustness.json").read_text())
                 per_seed[method]["attacks"] = {
                     a: {k: robust[a][k] for k in METRICS} for a in ("clean", "fgsm", "pgd") if a in robust

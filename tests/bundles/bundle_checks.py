@@ -2,7 +2,8 @@
 
 ``verify_metadata`` against the repository's schema (``bundles/metadata_schema.json``, written from MONAI's
 bundle specification: nothing is downloaded), ``ConfigWorkflow(...).check_properties() == []``,
-``verify_net_in_out`` on ``inference.json`` and ``ckpt_export`` to TorchScript compared with eager.
+``verify_net_in_out`` on ``inference.json`` and ``ckpt_export`` to TorchScript compared with eager; and
+:func:`stage_parsers`, the resolved config of every stage ``train.json`` runs, built without running anything.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+
+from medkd_ext.engines import Stage, stage_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "bundles" / "metadata_schema.json"
@@ -84,3 +87,30 @@ def check_export(
     if not torch.allclose(expected, got, atol=atol):
         raise AssertionError(f"TorchScript output differs from eager by {(expected - got).abs().max():.3g} > {atol}")
     return ts_path
+
+
+def stage_parsers(
+    bundle_dir: Path, overrides: Mapping[str, Any] | None = None, config_files: Sequence[str] = ("train.json",)
+) -> dict[str, ConfigParser]:
+    """Stage name -> parser of the config that stage runs with, when ``config_files`` run with ``overrides``.
+
+    The configs are built as ``medkd_ext.engines.run_stages`` builds them (the running workflow's raw config, with
+    the command-line ids, then the stage's overlays and ids); nothing is instantiated.
+    """
+    configs = bundle_dir / "configs"
+    workflow = ConfigWorkflow(
+        config_file=[str(configs / f) for f in config_files],
+        meta_file=str(configs / "metadata.json"),
+        workflow_type="train",
+        **dict(overrides or {}),
+    )
+    workflow.parser.parse()
+    stages: list[Stage] = []
+    for entry in workflow.parser.get_parsed_content("stages"):
+        stages.extend(entry if isinstance(entry, list) else [entry])
+    parsers = {}
+    for stage in stages:
+        parser = ConfigParser(stage_config(workflow.parser.get(), stage, configs))
+        parser.parse()
+        parsers[stage.name] = parser
+    return parsers

@@ -16,7 +16,14 @@ from PIL import Image
 from medkd_ext.data import make_classification_demo
 from medkd_ext.engines import loss_terms_output, run_stage
 from medkd_ext.networks import FeatureTaps, save_state_dict
-from tests.bundles.bundle_checks import REPO, check_export, check_metadata, check_net_in_out, check_properties
+from tests.bundles.bundle_checks import (
+    REPO,
+    check_export,
+    check_metadata,
+    check_net_in_out,
+    check_properties,
+    stage_parsers,
+)
 
 BUNDLE = REPO / "bundles" / "attention_transfer_densenet"
 CONFIGS = BUNDLE / "configs"
@@ -87,9 +94,9 @@ def test_train_runs_teacher_first_then_skips_it(trained):
 
 @pytest.mark.slow
 def test_check_properties(trained):
-    no_stage = overrides(trained, teacher_stage=[])
-    assert check_properties(BUNDLE, "train.json", "train", no_stage) == []
-    assert check_properties(BUNDLE, "train_teacher.json", "train", overrides(trained)) == []
+    assert check_properties(BUNDLE, "train.json", "train", overrides(trained)) == []
+    assert check_properties(BUNDLE, ["train.json", "train_teacher.json"], "train", overrides(trained)) == []
+    assert check_properties(BUNDLE, ["train.json", "evaluate.json"], "train", overrides(trained)) == []
     assert check_properties(BUNDLE, "inference.json", "infer", overrides(trained)) == []
 
 
@@ -177,7 +184,7 @@ def test_baseline_is_cross_entropy_alone_without_teacher(demo):
     terms = parser.get_parsed_content("loss_terms")
     assert [t.name for t in terms] == ["ce"]
     assert parser.get_parsed_content("teachers") == {}
-    assert parser.get_parsed_content("teacher_stage") == []
+    assert not parser.get_parsed_content("stages")[0].enabled  # no teacher stage
     optimizer = parser.get_parsed_content("optimizer")
     network = parser.get_parsed_content("network")
     trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -187,7 +194,7 @@ def test_baseline_is_cross_entropy_alone_without_teacher(demo):
 def test_missing_teacher_names_file_and_stage(demo, tmp_path):
     missing = tmp_path / "none.pt"
     parser = parser_for(["train.json"], overrides(demo, teacher_ckpt=str(missing), train_teacher_if_missing=False))
-    assert parser.get_parsed_content("teacher_stage") == []
+    assert not parser.get_parsed_content("stages")[0].enabled
     with pytest.raises(Exception) as info:
         parser.get_parsed_content("teacher")
     message = str(_cause(info.value, FileNotFoundError))
@@ -239,12 +246,34 @@ def test_image_with_wrong_channel_count(demo, tmp_path):
     assert str(rgba) in message and "4 channels but 3 are expected" in message
 
 
-def test_paper_overlay():
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "paper.json")])
-    assert parser["learning_rate"] == 5e-5 and parser["batch_size"] == 32 and parser["max_epochs"] == 128
-    assert parser.get_parsed_content("lr_scheduler").step_size == 16
-    assert [Path(p).name for p in parser.get_parsed_content("stage_overlays")] == ["paper.json"]
+def test_paper_overlay(demo):
+    parsers = stage_parsers(BUNDLE, {"dataset_dir": str(demo / "data")}, ["train.json", "paper.json"])
+    assert list(parsers) == ["teacher", "student", "evaluate"]
+    for name in ("teacher", "student"):  # the overlay given to train.json reaches the teacher stage too
+        parser = parsers[name]
+        assert parser["learning_rate"] == 5e-5 and parser["batch_size"] == 32 and parser["image_size"] == 256
+        assert parser.get_parsed_content("train#trainer#max_epochs") == 128
+        assert parser.get_parsed_content("lr_scheduler").step_size == 16
+    assert parsers["student"].get_parsed_content("at_term#weight") == 1 / 20.0
+
+
+def test_every_id_given_to_train_json_reaches_every_stage(demo, tmp_path):
+    given = {"seed": 4, "learning_rate": 0.003, "data_parts#train": 0.1, "data_parts#validation": 0.3}
+    given["train#random_transforms#1#prob"] = 0.1
+    parsers = stage_parsers(BUNDLE, overrides(demo, teacher_ckpt=str(tmp_path / "t.pt"), **given))
+    assert list(parsers) == ["teacher", "student", "evaluate"]
+    for name, parser in parsers.items():
+        assert parser.get_parsed_content("seed") == 4, name
+        assert parser.get_parsed_content("data_parts") == {"source": 0.6, "train": 0.1, "validation": 0.3}, name
+        assert parser.get_parsed_content("train#random_transforms")[1].prob == 0.1, name
+    teacher = parsers["teacher"]
+    assert type(teacher.get_parsed_content("network")).__name__ == "DenseNet121"
+    assert teacher.get_parsed_content("optimizer").defaults["lr"] == 0.003
+    assert teacher.get_parsed_content("stage_ckpt") == str(tmp_path / "t.pt")
+    assert teacher.get_parsed_content("train#trainer#max_epochs") == 1
+    # the teacher learns on its own part of the data, the student on the student's
+    parts = {n: {d["image"] for d in parsers[n].get_parsed_content("train#data")} for n in ("teacher", "student")}
+    assert parts["teacher"] and parts["student"] and not parts["teacher"] & parts["student"]
 
 
 @pytest.mark.slow

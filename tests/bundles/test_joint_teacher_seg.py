@@ -16,10 +16,18 @@ from monai.bundle import ConfigWorkflow, run
 from monai.transforms import LoadImage
 
 from medkd_ext.data import make_segmentation_demo
-from tests.bundles.bundle_checks import REPO, check_export, check_metadata, check_net_in_out, check_properties
+from tests.bundles.bundle_checks import (
+    REPO,
+    check_export,
+    check_metadata,
+    check_net_in_out,
+    check_properties,
+    stage_parsers,
+)
 
 BUNDLE = REPO / "bundles" / "joint_teacher_seg"
 CONFIGS = BUNDLE / "configs"
+TARGET = ["train.json", "train_target_teacher.json"]
 
 pytestmark = pytest.mark.slow
 
@@ -64,10 +72,14 @@ def test_train_json_runs_every_stage_and_writes_a_report(trained):
     models = tmp / "models"
     expected = {"teacher_target.pt", "teacher_source_0.pt", "teacher_source_1.pt", "joint_teacher.pt", "model.pt"}
     assert expected <= {p.name for p in models.iterdir()}
-    summary = (tmp / "eval" / "metrics.md").read_text()
-    assert "| target |" in summary and "HD95" in summary
-    per_case = (tmp / "eval" / "target_metrics.csv").read_text()
+    report = (tmp / "eval" / "metrics.md").read_text()
+    assert "Means over cases" in report and "HD95" in report
+    per_case = (tmp / "eval" / "metrics.csv").read_text()
     assert "IoU" in per_case and "Precision" in per_case
+    # TensorBoard events of each stage in a folder named after the stage
+    assert {"target_teacher", "source_teacher_0", "source_teacher_1", "joint_teacher", "student"} <= {
+        p.name for p in (tmp / "eval").iterdir() if p.is_dir() and any(p.glob("events.out.tfevents.*"))
+    }
 
 
 def test_frozen_teachers_are_bit_identical_after_stages_2_and_3(trained):
@@ -96,6 +108,25 @@ def test_frozen_teachers_are_bit_identical_after_stages_2_and_3(trained):
     assert set(trainer.loss_terms) >= {"seg", "con", "sim", "feat_0"}
 
 
+def test_every_id_given_to_train_json_reaches_every_stage(tmp_path):
+    make_segmentation_demo(tmp_path / "data", seed=0, size=(24, 24, 24), n_target_train=3, n_target_test=1, n_source=2)
+    given = {"seed": 5, "learning_rate": 0.02, "pixdim": [1.0, 1.0, 2.0], "train#random_transforms#1#prob": 0.25}
+    parsers = stage_parsers(BUNDLE, _tiny(tmp_path, **given))
+    names = ["target_teacher", "source_teacher_0", "source_teacher_1", "joint_teacher", "student", "evaluate"]
+    assert list(parsers) == names
+    for name, parser in parsers.items():
+        assert parser.get_parsed_content("seed") == 5, name
+        spacing = parser.get_parsed_content("validate#preprocessing").transforms[3].spacing_transform
+        assert spacing.pixdim.tolist() == [1.0, 1.0, 2.0], name
+        assert parser.get_parsed_content("train#random_transforms")[1].prob == 0.25, name
+    for name in names[:3]:  # the teachers build their optimizer without loading anything
+        assert parsers[name].get_parsed_content("optimizer").defaults["lr"] == 0.02, name
+    assert [parsers[n].get_parsed_content("train#trainer#max_epochs") for n in names[:5]] == [1, 1, 1, 1, 1]
+    sources = [parsers[f"source_teacher_{i}"].get_parsed_content("train#dataset#data") for i in (0, 1)]
+    datalists = parsers["student"].get_parsed_content("datalists")
+    assert sources == datalists["sources"] and sources[0] != sources[1]
+
+
 def test_curriculum_and_temperature_follow_the_config(trained):
     tmp, overrides = trained
     workflow = ConfigWorkflow(
@@ -121,7 +152,7 @@ def test_curriculum_and_temperature_follow_the_config(trained):
 def test_bundle_checks(trained, tmp_path):
     tmp, overrides = trained
     check_metadata(BUNDLE)
-    for config in (["train_target_teacher.json"], ["train_source_teacher.json"], ["train_joint.json"], ["train.json"],
+    for config in (TARGET, TARGET + ["train_source_teacher.json"], TARGET + ["train_joint.json"], ["train.json"],
                    ["train.json", "train_student.json"], ["train.json", "evaluate.json"]):
         assert check_properties(BUNDLE, config, "train", overrides) == [], config
     infer = {"bundle_root": str(BUNDLE), "ckpt_dir": str(tmp / "models"), "student_width": 4,
@@ -193,7 +224,8 @@ def test_missing_stage_inputs_name_the_stage(tmp_path):
     overrides = _tiny(tmp_path)
     student_stage = [str(CONFIGS / "train.json"), str(CONFIGS / "train_student.json")]
     _expect_error("train_joint.json", run, config_file=student_stage, **overrides)
-    _expect_error("train_target_teacher.json", run, config_file=str(CONFIGS / "train_joint.json"), **overrides)
+    joint_stage = [str(CONFIGS / f) for f in TARGET + ["train_joint.json"]]
+    _expect_error("stage 'target_teacher'.*train_target_teacher.json", run, config_file=joint_stage, **overrides)
     assert not (tmp_path / "models" / "model.pt").exists()
 
 

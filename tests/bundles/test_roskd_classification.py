@@ -13,17 +13,24 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 
 from medkd_ext.data import make_classification_demo, overlapping_subsets
 from medkd_ext.engines import run_stage
-from tests.bundles.bundle_checks import check_export, check_metadata, check_net_in_out, check_properties
+from tests.bundles.bundle_checks import (
+    check_export,
+    check_metadata,
+    check_net_in_out,
+    check_properties,
+    stage_parsers,
+)
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "roskd_classification"
 CONFIGS = BUNDLE / "configs"
+TEACHER = ["train.json", "train_teacher.json"]
 
 
 def _overrides(root: Path, dataset: Path, **extra) -> dict:
     base = {
         "bundle_root": str(BUNDLE),
         "dataset_dir": str(dataset),
-        "models_dir": str(root / "models"),
+        "ckpt_dir": str(root / "models"),
         "output_dir": str(root / "eval"),
         "device": "cpu",
         "batch_size": 8,
@@ -86,7 +93,7 @@ def test_evaluate_robustness_and_inference(trained, demo, tmp_path):
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["num_samples"] == 8
 
     overrides["robustness#pgd_steps"] = 2
-    run_stage([CONFIGS / "train.json", CONFIGS / "robustness.json"], overrides=overrides)
+    run_stage([CONFIGS / "train.json", CONFIGS / "evaluate.json", CONFIGS / "robustness.json"], overrides=overrides)
     result = json.loads((tmp_path / "ev" / "robustness.json").read_text())
     assert result["radius"] == pytest.approx(128 / 255)
     assert {"clean", "fgsm", "pgd"} <= set(result)
@@ -107,7 +114,7 @@ def test_evaluate_robustness_and_inference(trained, demo, tmp_path):
 def test_bundle_checks(trained, demo, tmp_path):
     check_metadata(BUNDLE)
     overrides = _overrides(trained, demo / "mc")
-    assert check_properties(BUNDLE, "train_teachers.json", "train", overrides) == []
+    assert check_properties(BUNDLE, TEACHER, "train", overrides) == []
     assert check_properties(BUNDLE, "train.json", "train", overrides) == []
     assert check_properties(BUNDLE, ["train.json", "train_student.json"], "train", overrides) == []
     assert check_properties(BUNDLE, "inference.json", "infer", overrides) == []
@@ -118,7 +125,7 @@ def test_bundle_checks(trained, demo, tmp_path):
 def test_teachers_see_exactly_their_subsets(demo, tmp_path):
     expected = None
     for index in (0, 3):
-        workflow = _workflow("train_teachers.json", _overrides(tmp_path, demo / "mc", teacher_index=index))
+        workflow = _workflow(TEACHER, _overrides(tmp_path, demo / "mc", teacher_index=index))
         parser = workflow.parser
         train = parser.get_parsed_content("splits")["train"]
         if expected is None:
@@ -127,35 +134,56 @@ def test_teachers_see_exactly_their_subsets(demo, tmp_path):
         assert [d["image"] for d in data] == [d["image"] for d in expected[index]]
         assert [d["label"] for d in data] == [d["label"] for d in expected[index]]  # the noisy labels of the subset
         assert any(d["label"] != d["clean_label"] for d in data)
-        assert parser.get_parsed_content("teacher_path").endswith(f"teacher_{index}.pt")
+        assert parser.get_parsed_content("stage_ckpt").endswith(f"teacher_{index}.pt")
         assert type(parser.get_parsed_content("network")).__name__ == ["ResNet", "ResNet", "ResNet", "MobileNetV2",
                                                                       "DenseNet"][index]
         # noise only on the training split: validation labels are the datalist's
         assert all("clean_label" in d for d in train)
-        assert all("clean_label" not in d for d in parser.get_parsed_content("val_items"))
+        assert all("clean_label" not in d for d in parser.get_parsed_content("splits")["validation"])
 
 
-def test_teacher_hyper_parameters_reach_every_teacher(demo, tmp_path):
-    """Teachers 1..k-1 are separate runs of train_teachers.json: every optimiser setting given to the first must be
-    forwarded to them (weight_decay and lr_milestones used to reach teacher 0 only)."""
-    extra = {"weight_decay": 0.01, "lr_milestones": [2], "learning_rate": 0.005, "max_epochs": 3}
-    workflow = _workflow("train_teachers.json", _overrides(tmp_path, demo / "mc", **extra))
-    forwarded = workflow.parser.get_parsed_content("stage_overrides")
-    assert {k: forwarded[k] for k in extra} == extra
-    child = _workflow("train_teachers.json", {**forwarded, "teacher_index": 2})
-    optimizer = child.parser.get_parsed_content("optimizer")
-    assert (optimizer.defaults["weight_decay"], optimizer.defaults["lr"]) == (0.01, 0.005)
-    assert list(child.parser.get_parsed_content("lr_scheduler").milestones) == [2]
+def test_every_id_given_to_train_json_reaches_every_stage(demo, tmp_path):
+    """No forwarding list: top-level and nested ids given to train.json are in every stage's config (weight_decay and
+    lr_milestones once reached teacher 0 only, and a nested teacher_defs id reached no teacher)."""
+    given = {"weight_decay": 0.01, "learning_rate": 0.005, "seed": 3, "teacher_defs#0#widen_factor": 0.125}
+    parsers = stage_parsers(BUNDLE, _overrides(tmp_path, demo / "mc", teacher_max_epochs=5, **given))
+    assert list(parsers) == [f"teacher_{i}" for i in range(5)] + ["student", "evaluate"]
+    for name, parser in parsers.items():
+        assert parser.get_parsed_content("seed") == 3, name
+        assert parser.get_parsed_content("teacher_defs#0#widen_factor") == 0.125, name
+        if name != "evaluate":
+            optimizer = parser.get_parsed_content("optimizer")
+            assert (optimizer.defaults["weight_decay"], optimizer.defaults["lr"]) == (0.01, 0.005), name
+    # each teacher trains its own network, the first one narrowed by the nested id
+    assert parsers["teacher_0"].get_parsed_content("network").conv1.out_channels == 8
+    models = tmp_path / "models"
+    assert [parsers[f"teacher_{i}"].get_parsed_content("stage_ckpt") for i in (0, 4)] == [
+        str(models / "teacher_0.pt"),
+        str(models / "teacher_4.pt"),
+    ]
+    # the default milestones follow the epochs of the stage: the teachers' own, the student's own
+    assert list(parsers["teacher_2"].get_parsed_content("lr_scheduler").milestones) == [2, 4]
+    assert list(parsers["student"].get_parsed_content("lr_scheduler").milestones) == [4, 6]
+    # an id given explicitly wins everywhere
+    parsers = stage_parsers(BUNDLE, _overrides(tmp_path, demo / "mc", lr_milestones=[1]))
+    trained = [p for name, p in parsers.items() if name != "evaluate"]
+    assert all(list(p.get_parsed_content("lr_scheduler").milestones) == [1] for p in trained)
 
-    # train.json passes the teachers their own epochs; the student's milestones stay with the student
-    student = _workflow("train.json", _overrides(tmp_path, demo / "mc", weight_decay=0.01, teacher_max_epochs=5))
-    to_teachers = student.parser.get_parsed_content("teacher_stage_overrides")
-    assert (to_teachers["weight_decay"], to_teachers["max_epochs"]) == (0.01, 5) and "lr_milestones" not in to_teachers
+
+def test_train_teachers_false_from_the_command_line_skips_the_teacher_stages(demo, tmp_path):
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.json"),
+        workflow_type="train",
+        **_overrides(tmp_path, demo / "mc", train_teachers="false"),
+    )
+    workflow.parser.parse()
+    teachers, student, _ = workflow.parser.get_parsed_content("stages")
+    assert [s.enabled for s in teachers] == [False] * 5 and student.enabled
 
 
 @pytest.mark.parametrize("spatial_dims,size", [(2, [64, 64]), (3, [32, 32, 32])])
 def test_image_size_defaults_agree_across_configs(spatial_dims, size):
-    for name in ("train.json", "train_teachers.json", "inference.json"):
+    for name in ("train.json", "inference.json"):
         parser = ConfigParser()
         parser.read_config(str(CONFIGS / name))
         parser["spatial_dims"] = spatial_dims
@@ -216,11 +244,11 @@ def _write_datalist(root: Path, source: Path, edit) -> Path:
 @pytest.mark.parametrize(
     "what,config,extra,match",
     [
-        ("label_out_of_range", "train_teachers.json", {}, r"label 7, outside the classes \[0, 4\)"),
-        ("multi_hot_length", "train_teachers.json", {"multi_label": True}, "multi-hot list of num_classes=4"),
-        ("k_too_large", "train_teachers.json", {"num_teachers": 5, "val_fraction": 0.9}, "larger than the training"),
-        ("teacher_list_length", "train_teachers.json", {"num_teachers": 3}, r"lists 5 networks but num_teachers"),
-        ("missing_teacher", ["train.json", "train_student.json"], {}, r"run configs/train_teachers\.json first"),
+        ("label_out_of_range", TEACHER, {}, r"label 7, outside the classes \[0, 4\)"),
+        ("multi_hot_length", TEACHER, {"multi_label": True}, "multi-hot list of num_classes=4"),
+        ("k_too_large", TEACHER, {"num_teachers": 5, "val_fraction": 0.9}, "larger than the training"),
+        ("teacher_list_length", TEACHER, {"num_teachers": 3}, r"lists 5 networks but num_teachers"),
+        ("missing_teacher", ["train.json", "train_student.json"], {}, r"written by stage 'teacher_0'"),
     ],
 )
 def test_bad_input_errors(what, config, extra, match, demo, tmp_path):
@@ -242,13 +270,15 @@ def test_bad_input_errors(what, config, extra, match, demo, tmp_path):
 
 
 def test_paper_overlay_restores_the_paper_settings(demo, tmp_path):
-    workflow = _workflow(["train.json", "paper.json"], _overrides(tmp_path, demo / "mc", method="student_only"))
-    parser = workflow.parser
+    overrides = _overrides(tmp_path, demo / "mc", method="student_only")
+    parsers = stage_parsers(BUNDLE, overrides, ["train.json", "paper.json"])
+    parser = parsers["student"]
     names = [type(n).__name__ for n in parser.get_parsed_content("teacher_defs")]
     assert names == ["ResNet", "ResNet", "ResNet", "MobileNetV2", "DenseNet121"]
-    optimizer = parser.get_parsed_content("optimizer")
-    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["lr"] == 0.1
-    assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["weight_decay"] == 2e-4
-    assert parser.get_parsed_content("lr_milestones") == [25, 40]
+    for name in ("teacher_0", "teacher_4", "student"):  # the overlay given to train.json reaches every stage
+        optimizer = parsers[name].get_parsed_content("optimizer")
+        assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["lr"] == 0.1
+        assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["weight_decay"] == 2e-4
+        assert parsers[name].get_parsed_content("lr_milestones") == [25, 40]
+    assert parsers["teacher_4"].get_parsed_content("train#trainer#max_epochs") == 50
     assert (parser["temperature"], parser["alpha"], parser["warmup_epochs"], parser["max_epochs"]) == (0.5, 0.9, 10, 50)
-    assert parser.get_parsed_content("overlays")[0].endswith("configs/paper.json")

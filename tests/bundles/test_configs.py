@@ -1,0 +1,58 @@
+"""The bundles' configs side by side: one vocabulary, one layout, no copies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.bundles.bundle_checks import REPO
+
+BUNDLES = sorted(p.parent.parent for p in (REPO / "bundles").glob("*/configs/train.json"))
+COMMON_IDS = (
+    "bundle_root", "dataset_dir", "test_split", "ckpt_dir", "ckpt_file", "output_dir", "device", "num_threads", "seed",
+    "max_epochs", "batch_size", "learning_rate", "val_interval", "network_def", "stages", "stage_name", "stage_ckpt",
+)
+
+
+def _config(bundle: Path, name: str) -> dict:
+    return json.loads((bundle / "configs" / name).read_text())
+
+
+def test_three_bundles():
+    assert [b.name for b in BUNDLES] == ["attention_transfer_densenet", "joint_teacher_seg", "roskd_classification"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda b: b.name)
+def test_one_vocabulary_and_one_layout(bundle):
+    train = _config(bundle, "train.json")
+    assert [k for k in COMMON_IDS if k not in train] == []
+    # train.json runs its stages; each stage is an overlay, the last one the evaluation on the test split
+    assert train["run"] == ["$medkd_ext.engines.run_stages(@stages, @bundle_root + '/configs')"]
+    assert train["stages"][-2]["config"] == "train_student.json" and train["stages"][-1]["config"] == "evaluate.json"
+    assert "$medkd_ext.engines.set_num_threads(@num_threads)" in train["initialize"]
+    # evaluate.json is an overlay on validate#, as in the model zoo
+    evaluate = _config(bundle, "evaluate.json")
+    assert "imports" not in evaluate and any(k.startswith("validate#") for k in evaluate)
+    assert evaluate["run"] == ["$@validate#evaluator.run()"]
+    # every overlay is small: it holds what differs, nothing of the base workflow is copied
+    for overlay in (bundle / "configs").glob("*.json"):
+        if overlay.name not in ("train.json", "inference.json", "metadata.json"):
+            assert "imports" not in _config(bundle, overlay.name), overlay.name
+    # TensorBoard events of each stage in a subfolder named after the stage
+    tensorboard = [h for h in train["train"]["handlers"] if h["_target_"] == "TensorBoardStatsHandler"]
+    assert [h["log_dir"] for h in tensorboard] == ["$@output_dir + '/' + @stage_name"]
+
+
+def test_config_size_and_no_copied_blocks():
+    """At most 2,000 lines of config JSON in all, and no block of 8 identical lines in two configs of a bundle."""
+    files = [f for b in BUNDLES for f in sorted((b / "configs").glob("*.json"))]
+    assert sum(len(f.read_text().splitlines()) for f in files) <= 2000
+    for bundle in BUNDLES:
+        seen: dict[tuple[str, ...], str] = {}
+        for f in sorted((bundle / "configs").glob("*.json")):
+            lines = [line.strip() for line in f.read_text().splitlines()]
+            blocks = {tuple(lines[i : i + 8]) for i in range(len(lines) - 7)}
+            for block in blocks:
+                assert seen.setdefault(block, f.name) == f.name, f"{bundle.name}: {f.name} repeats {seen[block]}"
