@@ -148,6 +148,7 @@ def load_teachers(
     device: str | torch.device,
     hinton_teacher: int,
     stages: Sequence[Any] = (),
+    bundle_root: str | os.PathLike | None = None,
 ) -> dict[str, nn.Module]:
     """The trained teachers ``method`` distils, loaded from ``teacher_ckpts``, keyed by their index.
 
@@ -161,6 +162,7 @@ def load_teachers(
         device: device to put the teachers on.
         hinton_teacher: index of the single teacher of ``"hinton_kd"``.
         stages: the bundle's stages, to name the one that writes a missing checkpoint (:func:`stage_hint`).
+        bundle_root: the bundle's folder, for the command in that message.
 
     Returns:
         ``{"<i>": teacher_i}`` (empty for ``"student_only"``).
@@ -175,11 +177,11 @@ def load_teachers(
     if missing:
         raise FileNotFoundError(
             f"method '{method}' needs the teacher checkpoint(s) {missing}, which do not exist: "
-            f"{stage_hint(stages, missing[0])}."
+            f"{stage_hint(stages, missing[0], bundle_root)}."
         )
     teachers = {}
     for i in indices:
-        hint = f"{stage_hint(stages, paths[i])}, with the current teacher_defs"
+        hint = f"{stage_hint(stages, paths[i], bundle_root)}, with the current teacher_defs"
         network = teacher_defs[i].to(device)
         teachers[str(i)] = load_state_dict(network, paths[i], device=device, stage_hint=hint)
     return teachers

@@ -101,9 +101,15 @@ class Stage:
         self.enabled = as_flag(self.enabled, f"stage '{self.name}' enabled")
         self.reuse_outputs = as_flag(self.reuse_outputs, f"stage '{self.name}' reuse_outputs")
 
-    def command(self) -> str:
-        """The command line that runs this stage alone (the base workflow plus the stage's overlays)."""
-        files = [BASE_CONFIG] + [f"configs/{c}" for c in self.config]
+    def command(self, bundle_root: str | os.PathLike | None = None) -> str:
+        """The command line that runs this stage alone (the base workflow plus the stage's overlays).
+
+        Args:
+            bundle_root: the bundle's folder, to write the config paths from where the user runs (default: the
+                bundle's folder itself, ``configs/...``).
+        """
+        root = "" if bundle_root in (None, "", ".") else os.fspath(bundle_root).rstrip("/") + "/"
+        files = [root + BASE_CONFIG] + [f"{root}configs/{c}" for c in self.config]
         ids = "".join(f" --{k} {v}" for k, v in self.ids.items())
         return f"python -m monai.bundle run --config_file \"{files!r}\"{ids}"
 
@@ -249,16 +255,25 @@ def run_stages(
     return times
 
 
-def stage_hint(stages: Iterable[Stage | Iterable[Stage]], path: str | os.PathLike) -> str:
-    """What to run to get ``path``: the stage whose outputs name it, for a missing-checkpoint message."""
+def stage_hint(
+    stages: Iterable[Stage | Iterable[Stage]], path: str | os.PathLike, bundle_root: str | os.PathLike | None = None
+) -> str:
+    """What to run to get ``path``: the stage whose outputs name it, for a missing-checkpoint message.
+
+    Args:
+        stages: the bundle's stages (its ``stages`` id).
+        path: the missing file.
+        bundle_root: the bundle's folder, so that the command in the message runs from where the user is.
+    """
     target = os.path.normpath(os.fspath(path))
+    root = "" if bundle_root in (None, "", ".") else os.fspath(bundle_root).rstrip("/") + "/"
     for stage in _flatten(stages):
         if any(os.path.normpath(o) == target for o in stage.outputs):
             return (
-                f"written by stage '{stage.name}': run {BASE_CONFIG}, which runs every stage in order, "
-                f"or that stage alone: {stage.command()}"
+                f"written by stage '{stage.name}': run {root}{BASE_CONFIG}, which runs every stage in order, "
+                f"or that stage alone: {stage.command(bundle_root)}"
             )
-    return f"run {BASE_CONFIG} first, which writes it"
+    return f"run {root}{BASE_CONFIG} first, which writes it"
 
 
 def run_stage(

@@ -95,6 +95,9 @@ def test_stage_hint_names_the_stage_that_writes_a_file():
     assert "stage 'src_1'" in hint and "configs/train.json" in hint
     assert "\"['configs/train.json', 'configs/t.json', 'configs/s.json']\" --i 1" in hint
     assert stage_hint(stages, "elsewhere.pt") == "run configs/train.json first, which writes it"
+    hint = stage_hint(stages, "m/t.pt", "bundles/b")
+    assert "run bundles/b/configs/train.json" in hint
+    assert "\"['bundles/b/configs/train.json', 'bundles/b/configs/t.json']\"" in hint
 
 
 def test_for_each_and_stage_arguments_are_checked():
