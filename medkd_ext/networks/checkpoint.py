@@ -132,8 +132,8 @@ def load_state_dict(
         device: ``map_location`` for ``torch.load``; ``None`` keeps the saved devices.
         strict: every key of the network must be in the checkpoint and vice versa; with ``False`` missing and
             unexpected keys are ignored, but shapes must match and at least one key must be shared.
-        stage_hint: what produces this file, e.g. ``"run configs/train_teachers.json first"``; added to the error
-            messages.
+        stage_hint: what produces this file, e.g. ``"written by stage 'teacher_0': run configs/train.json"``
+            (:func:`medkd_ext.engines.stage_hint`); added to the error messages.
         key: entry of the checkpoint dict holding the state dict.
 
     Returns:

@@ -78,8 +78,8 @@ def test_network_whose_only_child_is_named_network(tmp_path):
 
 def test_missing_file_names_file_and_stage(tmp_path):
     path = tmp_path / "models" / "teacher_0.pt"
-    with pytest.raises(FileNotFoundError, match=r"teacher_0\.pt.*run configs/train_teachers\.json first"):
-        load_state_dict(make_net(), path, stage_hint="run configs/train_teachers.json first")
+    with pytest.raises(FileNotFoundError, match=r"teacher_0\.pt.*run configs/train_teacher\.json first"):
+        load_state_dict(make_net(), path, stage_hint="run configs/train_teacher.json first")
     with pytest.raises(FileNotFoundError, match=r"teacher_0\.pt' not found; check the path"):
         load_state_dict(make_net(), path)
 
@@ -89,11 +89,11 @@ def test_other_architecture_is_a_clear_error(tmp_path):
     target = make_net(width=4)
     before = {k: v.clone() for k, v in target.state_dict().items()}
     with pytest.raises(ValueError) as info:
-        load_state_dict(target, path, stage_hint="run configs/train_teachers.json first")
+        load_state_dict(target, path, stage_hint="run configs/train_teacher.json first")
     message = str(info.value)
     assert "wide.pt" in message and "shape mismatch" in message
     assert "0.weight: checkpoint (8, 1, 3, 3) vs network (4, 1, 3, 3)" in message
-    assert "train_teachers.json" in message
+    assert "train_teacher.json" in message
     for key, value in target.state_dict().items():  # nothing was copied before the error
         assert torch.equal(value, before[key])
 
