@@ -302,3 +302,21 @@ def test_multi_label_selects_by_mean_auc(tmp_path):
     run_stage([CONFIGS / "train.json", CONFIGS / "evaluate.json"], values)
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert report["task"] == "multi-label" and report["num_samples"] == 4
+
+
+@pytest.mark.parametrize("text", ["false", "False", "0", "no"])
+def test_booleans_from_the_command_line(demo, text):
+    """Every boolean id reads a command-line ``false`` (a string) as false, and ``true`` as true."""
+    parser = parser_for(["train.json"], overrides(demo, multi_label=text, baseline=text, train_teacher_if_missing=text))
+    assert isinstance(parser.get_parsed_content("loss"), torch.nn.CrossEntropyLoss)  # multi_label off
+    assert parser.get_parsed_content("val_metric") == "f1_weighted"
+    assert parser.get_parsed_content("validate#postprocessing").softmax == (True,)
+    assert parser.get_parsed_content("stages")[0].enabled is False  # train_teacher_if_missing off
+    # baseline off: attention transfer is a term
+    assert [t.name for t in parser.get_parsed_content("loss_terms")] == ["ce", "at"]
+    parser = parser_for(["train.json"], overrides(demo, multi_label="true", baseline="true"))
+    assert isinstance(parser.get_parsed_content("loss"), torch.nn.BCEWithLogitsLoss)
+    assert [t.name for t in parser.get_parsed_content("loss_terms")] == ["ce"]
+    with pytest.raises(Exception) as info:
+        parser_for(["train.json"], overrides(demo, baseline="maybe")).get_parsed_content("loss_terms")
+    assert "baseline must be true or false" in str(_cause(info.value, ValueError))

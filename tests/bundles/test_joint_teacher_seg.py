@@ -287,3 +287,17 @@ def _chain(error: BaseException):
     while error is not None:
         yield error
         error = error.__cause__ or error.__context__
+
+
+@pytest.mark.parametrize("text,expected", [("false", False), ("0", False), ("true", True), ("True", True)])
+def test_amp_from_the_command_line(tmp_path, text, expected):
+    """``--amp false`` (a string on the command line) turns mixed precision off in every stage."""
+    make_segmentation_demo(tmp_path / "data", seed=0, size=(24, 24, 24), n_target_train=2, n_target_test=1, n_source=1)
+    parsers = stage_parsers(BUNDLE, _tiny(tmp_path, amp=text))
+    for name, parser in parsers.items():
+        assert parser.get_parsed_content("use_amp") is expected, name
+        assert parser["validate"]["evaluator"]["amp"] == "@use_amp", name
+        if name != "evaluate":
+            assert parser["train"]["trainer"]["amp"] == "@use_amp", name
+    student = stage_parsers(BUNDLE, _tiny(tmp_path, amp="fast"))["student"]
+    _expect_error("amp must be true or false, got 'fast'", student.get_parsed_content, "use_amp")

@@ -282,3 +282,28 @@ def test_paper_overlay_restores_the_paper_settings(demo, tmp_path):
         assert parsers[name].get_parsed_content("lr_milestones") == [25, 40]
     assert parsers["teacher_4"].get_parsed_content("train#trainer#max_epochs") == 50
     assert (parser["temperature"], parser["alpha"], parser["warmup_epochs"], parser["max_epochs"]) == (0.5, 0.9, 10, 50)
+
+
+@pytest.mark.parametrize("text", ["false", "FALSE", "0", "no"])
+def test_booleans_from_the_command_line(demo, tmp_path, monkeypatch, text):
+    """``false`` from the command line (a string) turns multi_label, train_teachers and precise_bn off."""
+    import medkd_ext.engines.roskd as roskd
+
+    overrides = _overrides(
+        tmp_path, demo / "mc", multi_label=text, train_teachers=text, precise_bn=text, method="student_only"
+    )
+    workflow = _workflow(["train.json", "train_student.json"], overrides)
+    parser = workflow.parser
+    assert isinstance(parser.get_parsed_content("loss"), torch.nn.CrossEntropyLoss)  # multi_label off
+    assert not any(s.enabled for s in parser.get_parsed_content("stages")[0])  # train_teachers off
+
+    def no_recomputation(*args, **kwargs):
+        raise AssertionError("precise_bn is off: BatchNorm statistics must not be recomputed")
+
+    monkeypatch.setattr(roskd, "recompute_batchnorm", no_recomputation)
+    parser.get_parsed_content("save_final")  # student_only keeps the final weights, written without recomputation
+    assert (tmp_path / "models" / "model.pt").is_file()
+    parser = _workflow(["train.json", "train_student.json"], {**overrides, "precise_bn": "true"}).parser
+    with pytest.raises(Exception) as info:
+        parser.get_parsed_content("save_final")
+    assert "must not be recomputed" in _messages(info.value)
