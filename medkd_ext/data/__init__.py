@@ -8,7 +8,7 @@ from .datalist import check_files_exist, list_images, load_datalist, log_splits
 from .noise import LABEL_NOISE_MODES, apply_label_noise_to_items, inject_label_noise
 from .parts import ALL_CASES, datalist_part
 from .sampling import overlapping_subsets, patient_split, power_law_counts, power_law_imbalance
-from .segmentation import segmentation_datalists
+from .segmentation import require_cases, segmentation_datalists
 
 # The demo package is imported on first use of one of its names: it needs scipy, which nothing else here does.
 # (It is also run as python -m medkd_ext.data.demo; its __main__ module is never imported, so runpy does not warn.)
@@ -58,6 +58,7 @@ __all__ = [
     "patient_split",
     "power_law_counts",
     "power_law_imbalance",
+    "require_cases",
     "segmentation_datalists",
     "segmentation_demo_dir",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,9 @@ import numpy as np
 
 from medkd_ext.data.datalist import check_files_exist, load_datalist
 
-__all__ = ["segmentation_datalists"]
+__all__ = ["segmentation_datalists", "require_cases"]
+
+logger = logging.getLogger(__name__)
 
 
 def _has_key(path: Path, key: str) -> bool:
@@ -32,6 +35,29 @@ def _labelled(path: Path, key: str) -> list[dict[str, Any]]:
             "segmentation dataset needs a label map."
         )
     check_files_exist(items, keys=("image", "label"))
+    return items
+
+
+def _test_cases(path: Path, key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The labelled and the unlabelled cases of ``key`` (MSD's ``"test"`` list holds images without labels)."""
+    items = load_datalist(path, key=key)
+    labelled = [item for item in items if "label" in item]
+    unlabelled = [item for item in items if "label" not in item]
+    check_files_exist(labelled, keys=("image", "label"))
+    check_files_exist(unlabelled, keys=("image",))
+    if unlabelled:
+        logger.info(
+            "datalist %s: %d of the %d cases under '%s' have no label; they are left out of the evaluation "
+            "(inference.json segments them).", path, len(unlabelled), len(items), key,
+        )
+    return labelled, unlabelled
+
+
+def require_cases(items: Sequence[dict[str, Any]], what: str) -> list[dict[str, Any]]:
+    """``items`` as a list, or ``ValueError`` naming ``what`` when there is none (e.g. no labelled test case)."""
+    items = list(items)
+    if not items:
+        raise ValueError(f"{what} has no case to evaluate: give labelled cases there, or set test_split.")
     return items
 
 
@@ -56,10 +82,13 @@ def segmentation_datalists(
         val_fraction: fraction of the target's training cases held out for validation.
         seed: seed of the split.
         sources: indices into ``source_datalists`` to use (the "which sources" ablation); default all.
-        test_key: the key of the target datalist's held-out, labelled test cases (a bundle's ``test_split``).
+        test_key: the key of the target datalist's held-out test cases (a bundle's ``test_split``); those with a
+            label are the evaluation set, those without (MSD's ``"test"`` list) are left out of it with a note.
 
     Returns:
-        ``{"target_train", "target_val", "target_test", "sources"}``: lists of ``{"image", "label"}`` items;
+        ``{"target_train", "target_val", "target_test", "target_test_unlabelled", "sources"}``: lists of
+        ``{"image", "label"}`` items (``target_test`` the labelled test cases, the evaluation set;
+        ``target_test_unlabelled`` the test images without a label, as MSD's ``"test"`` list has them);
         ``sources`` is a list with one list per used source dataset.
     """
     target_path = Path(target_datalist)
@@ -76,7 +105,7 @@ def segmentation_datalists(
         val_idx = set(order[:n_val].tolist())
         val = [item for i, item in enumerate(train) if i in val_idx]
         train = [item for i, item in enumerate(train) if i not in val_idx]
-    test = _labelled(target_path, test_key) if _has_key(target_path, test_key) else []
+    test, unlabelled = _test_cases(target_path, test_key) if _has_key(target_path, test_key) else ([], [])
     all_sources = list(source_datalists)
     chosen = range(len(all_sources)) if sources is None else sources
     source_items = []
@@ -88,4 +117,10 @@ def segmentation_datalists(
             source_items.append(_labelled(path, "training"))
         except ValueError as e:
             raise ValueError(f"source dataset {index} ({path}): {e}") from e
-    return {"target_train": train, "target_val": val, "target_test": test, "sources": source_items}
+    return {
+        "target_train": train,
+        "target_val": val,
+        "target_test": test,
+        "target_test_unlabelled": unlabelled,
+        "sources": source_items,
+    }

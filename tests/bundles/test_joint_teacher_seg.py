@@ -301,3 +301,25 @@ def test_amp_from_the_command_line(tmp_path, text, expected):
             assert parser["train"]["trainer"]["amp"] == "@use_amp", name
     student = stage_parsers(BUNDLE, _tiny(tmp_path, amp="fast"))["student"]
     _expect_error("amp must be true or false, got 'fast'", student.get_parsed_content, "use_amp")
+
+
+def test_msd_test_list_without_labels(tmp_path):
+    """MSD's ``"test"`` list holds image paths without labels: training runs, evaluation leaves them out with a note,
+    and evaluating on it alone says that it has no labelled case."""
+    make_segmentation_demo(tmp_path / "data", seed=0, size=(24, 24, 24), n_target_train=3, n_target_test=2, n_source=2)
+    listing_path = tmp_path / "data" / "target" / "dataset.json"
+    listing = json.loads(listing_path.read_text())
+    listing["test"] = [case["image"] for case in listing["test"]]  # MSD: "test": ["./imagesTs/x.nii.gz", ...]
+    listing_path.write_text(json.dumps(listing))
+    overrides = _tiny(tmp_path)
+    parsers = stage_parsers(BUNDLE, overrides)
+    datalists = parsers["student"].get_parsed_content("datalists")
+    assert datalists["target_test"] == [] and len(datalists["target_test_unlabelled"]) == 2
+    assert "label" not in datalists["target_test_unlabelled"][0]
+    workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), workflow_type="train", **overrides)
+    workflow.parser.parse()
+    assert workflow.parser.get_parsed_content("stages")[-1].enabled is False  # no labelled test case: no evaluation
+    run(config_file=str(CONFIGS / "train.json"), **overrides)
+    assert (tmp_path / "models" / "model.pt").is_file() and not (tmp_path / "eval" / "metrics.csv").exists()
+    evaluate = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
+    _expect_error(r"the 'test' list of .*dataset.json has no case to evaluate", run, config_file=evaluate, **overrides)
