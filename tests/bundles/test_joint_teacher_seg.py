@@ -323,3 +323,17 @@ def test_msd_test_list_without_labels(tmp_path):
     assert (tmp_path / "models" / "model.pt").is_file() and not (tmp_path / "eval" / "metrics.csv").exists()
     evaluate = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
     _expect_error(r"the 'test' list of .*dataset.json has no case to evaluate", run, config_file=evaluate, **overrides)
+
+
+def test_tracking_records_every_stage(tmp_path):
+    """``--tracking mlflow`` given to train.json reaches every stage: one MLflow run per stage, named after it."""
+    import mlflow
+
+    make_segmentation_demo(tmp_path / "data", seed=0, size=(24, 24, 24), n_target_train=3, n_target_test=1, n_source=2)
+    # MLflow 3 refuses MONAI's default file store: the bundles default to an SQLite store under output_dir
+    run(config_file=str(CONFIGS / "train.json"), tracking="mlflow", **_tiny(tmp_path))
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
+    runs = mlflow.search_runs(experiment_names=["monai_experiment"])
+    names = sorted(runs["tags.mlflow.runName"])
+    assert names == sorted(["target_teacher", "source_teacher_0", "source_teacher_1", "joint_teacher", "student"])
+    assert runs["metrics.val_mean_dice"].notna().all()
