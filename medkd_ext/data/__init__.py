@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .datalist import check_files_exist, list_images, load_datalist, log_splits
+from .datalist import check_files_exist, class_names, list_images, load_datalist, log_splits
 from .noise import LABEL_NOISE_MODES, apply_label_noise_to_items, inject_label_noise
 from .parts import ALL_CASES, datalist_part
 from .sampling import overlapping_subsets, patient_split, power_law_counts, power_law_imbalance
@@ -45,6 +45,7 @@ __all__ = [
     "SEGMENTATION_DOMAINS",
     "apply_label_noise_to_items",
     "check_files_exist",
+    "class_names",
     "default_demo_root",
     "ensure_classification_demo",
     "ensure_segmentation_demo",

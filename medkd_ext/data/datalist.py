@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_datalist", "check_files_exist", "log_splits"]
+__all__ = ["load_datalist", "check_files_exist", "class_names", "log_splits"]
 
 logger = logging.getLogger(__name__)
 
@@ -309,3 +309,30 @@ def log_splits(splits: Mapping[str, Sequence[Any]], **more: Sequence[Any]) -> di
             counts[name] = len(cases)
     logger.info("cases per split: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
     return counts
+
+
+def class_names(
+    datalist: str | os.PathLike, num_classes: int, class_columns: Sequence[str] | None = None
+) -> list[str]:
+    """The names of the classes, for reports and inference outputs.
+
+    From ``class_columns`` when given (a multi-label CSV names its classes by its columns), else from the
+    ``"labels"`` entry of an MSD-style ``dataset.json`` (``{"0": name, ...}``); ``"0", "1", ...`` otherwise (a
+    multi-class CSV, or an entry that is missing or has another length).
+    """
+    if class_columns:
+        names = [str(c) for c in class_columns]
+        if len(names) != int(num_classes):
+            raise ValueError(f"class_columns names {len(names)} classes but num_classes is {num_classes}.")
+        return names
+    names = [str(i) for i in range(int(num_classes))]
+    path = Path(datalist)
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return names
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8")).get("labels")
+    except (OSError, ValueError, AttributeError):
+        return names
+    if isinstance(labels, Mapping) and all(str(i) in labels for i in range(int(num_classes))):
+        return [str(labels[str(i)]) for i in range(int(num_classes))]
+    return names

@@ -11,7 +11,6 @@ Imaging") and its baselines, as the pieces ``bundles/roskd_classification`` asse
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,7 +36,6 @@ __all__ = [
     "as_flag",
     "check_method",
     "check_teacher_list",
-    "class_names_from_datalist",
     "evaluation_items",
     "load_teachers",
     "method_teacher_indices",
@@ -318,29 +316,18 @@ def teacher_subset(
     return overlapping_subsets(train_items, num_teachers, overlap, seed=seed)[int(index)]
 
 
-def class_names_from_datalist(datalist: str | os.PathLike, num_classes: int) -> list[str]:
-    """Class names from the ``"labels"`` entry of an MSD-style ``dataset.json`` (``{"0": name, ...}``).
-
-    Falls back to ``"0", "1", ...`` for a CSV datalist or when the entry is missing or has another length.
-    """
-    names = [str(i) for i in range(int(num_classes))]
-    path = Path(datalist)
-    if path.suffix.lower() != ".json" or not path.is_file():
-        return names
-    try:
-        labels = json.loads(path.read_text(encoding="utf-8")).get("labels")
-    except (OSError, ValueError, AttributeError):
-        return names
-    if isinstance(labels, Mapping) and all(str(i) in labels for i in range(int(num_classes))):
-        return [str(labels[str(i)]) for i in range(int(num_classes))]
-    return names
-
-
 def evaluation_items(
-    datalist: str | os.PathLike, key: str, num_classes: int, multi_label: bool
+    datalist: str | os.PathLike,
+    key: str,
+    num_classes: int,
+    multi_label: bool,
+    class_columns: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The labelled cases of split ``key`` of the datalist (e.g. ``"test"``), labels and files checked."""
-    items = load_datalist(datalist, key=key)
+    """The labelled cases of split ``key`` of the datalist (e.g. ``"test"``), labels and files checked.
+
+    ``class_columns`` names the 0/1 class columns of a multi-label CSV datalist (:func:`load_datalist`).
+    """
+    items = load_datalist(datalist, key=key, class_columns=class_columns)
     _check_labels(items, num_classes, multi_label)
     check_files_exist(items, keys=("image",))
     return items

@@ -307,3 +307,28 @@ def test_booleans_from_the_command_line(demo, tmp_path, monkeypatch, text):
     with pytest.raises(Exception) as info:
         parser.get_parsed_content("save_final")
     assert "must not be recomputed" in _messages(info.value)
+
+
+@pytest.mark.slow
+def test_multi_label_csv_with_class_columns(demo, tmp_path):
+    """A multi-label CSV (image, split, patient and one 0/1 column per class) trains and is reported by class name."""
+    import csv
+
+    content = json.loads((demo / "ml" / "dataset.json").read_text())
+    names = ["effusion", "nodule", "mass", "edema"]
+    table = tmp_path / "data" / "cases.csv"
+    table.parent.mkdir()
+    with table.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "split", "patient", *names])
+        for split in ("training", "test"):
+            for i, item in enumerate(content[split]):
+                image = str(demo / "ml" / item["image"])
+                writer.writerow([image, split, item.get("patient", f"{split}{i}"), *item["label"]])
+    overrides = _overrides(
+        tmp_path, tmp_path / "data", datalist=str(table), class_columns=names, multi_label="true",
+        method="student_only", train_teachers="false", max_epochs=1,
+    )
+    run_stage(CONFIGS / "train.json", overrides=overrides)
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert report["task"] == "multi-label" and report["num_samples"] == 8 and set(report["per_class"]) == set(names)

@@ -144,3 +144,16 @@ def test_log_splits_counts_every_split_and_each_source(caplog):
         counts = log_splits({"train": [{}, {}], "sources": [[{}], [{}, {}, {}]]}, test=[])
     assert counts == {"train": 2, "sources[0]": 1, "sources[1]": 3, "test": 0}
     assert "train 2, sources[0] 1, sources[1] 3, test 0" in caplog.text
+
+
+def test_class_names_from_the_datalist_or_the_class_columns(tmp_path):
+    from medkd_ext.data import class_names
+
+    datalist = tmp_path / "dataset.json"
+    datalist.write_text('{"labels": {"0": "disc", "1": "ring"}, "training": []}')
+    assert class_names(datalist, 2) == ["disc", "ring"]
+    assert class_names(datalist, 3) == ["0", "1", "2"]  # the entry does not fit: indices
+    assert class_names(tmp_path / "table.csv", 2, ["effusion", "nodule"]) == ["effusion", "nodule"]
+    assert class_names(tmp_path / "table.csv", 2) == ["0", "1"]
+    with pytest.raises(ValueError, match="class_columns names 2 classes but num_classes is 3"):
+        class_names(tmp_path / "table.csv", 3, ["effusion", "nodule"])

@@ -6,11 +6,10 @@ from ignite.engine import Events
 from torch import nn
 
 from medkd_ext.data import overlapping_subsets
-from medkd_ext.engines import DistillationTrainer, as_flag, for_each
+from medkd_ext.engines import DistillationTrainer, for_each
 from medkd_ext.engines.roskd import (
     ROSKD_METHODS,
     check_teacher_list,
-    class_names_from_datalist,
     load_teachers,
     method_teacher_indices,
     prepare_training_items,
@@ -211,16 +210,6 @@ def test_teacher_list_and_missing_checkpoints(tmp_path):
         load_teachers("roskd", defs, ckpts, "cpu", 1, stages)
     with pytest.raises(ValueError, match="1 teacher checkpoints for 2 teacher_defs"):
         load_teachers("roskd", defs, ckpts[:1], "cpu", 1, stages)
-
-
-def test_flags_and_class_names(tmp_path):
-    assert as_flag("True") is True and as_flag("false") is False and as_flag(1) is True
-    with pytest.raises(ValueError, match="multi_label must be true or false"):
-        as_flag("maybe", "multi_label")
-    datalist = tmp_path / "dataset.json"
-    datalist.write_text('{"labels": {"0": "disc", "1": "ring"}, "training": []}')
-    assert class_names_from_datalist(datalist, 2) == ["disc", "ring"]
-    assert class_names_from_datalist(datalist, 3) == ["0", "1", "2"]
 
 
 def test_kd_term_is_eq_3_on_the_teachers_eval_mode_outputs():
