@@ -187,7 +187,9 @@ def test_image_size_defaults_agree_across_configs(spatial_dims, size):
         parser = ConfigParser()
         parser.read_config(str(CONFIGS / name))
         parser["spatial_dims"] = spatial_dims
-        assert parser.get_parsed_content("image_size") == size, name
+        resize = [t for t in parser.get_parsed_content("validate#preprocessing" if name == "train.json" else
+                                                       "preprocessing").transforms if type(t).__name__ == "Resized"]
+        assert list(resize[0].resizer.spatial_size) == size, name
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [64, 64]
 
