@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
@@ -334,3 +335,16 @@ def test_multi_label_csv_with_class_columns(demo, tmp_path):
     run_stage(CONFIGS / "train.json", overrides=overrides)
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert report["task"] == "multi-label" and report["num_samples"] == 8 and set(report["per_class"]) == set(names)
+
+
+def test_rgb_image_into_a_one_channel_network_names_the_file(demo, tmp_path):
+    from PIL import Image
+
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8), mode="RGB").save(rgb)
+    preprocessing = _workflow("train.json", _overrides(tmp_path, demo / "mc")).parser.get_parsed_content(
+        "validate#preprocessing"
+    )
+    with pytest.raises(Exception) as info:
+        preprocessing({"image": str(rgb), "label": 0})
+    assert str(rgb) in _messages(info.value) and "3 channels but 1 are expected" in _messages(info.value)
