@@ -118,6 +118,7 @@ def test_bundle_checks(trained, demo, tmp_path):
     assert check_properties(BUNDLE, TEACHER, "train", overrides) == []
     assert check_properties(BUNDLE, "train.json", "train", overrides) == []
     assert check_properties(BUNDLE, ["train.json", "train_student.json"], "train", overrides) == []
+    assert check_properties(BUNDLE, ["train.json", "evaluate.json"], "train", overrides) == []
     assert check_properties(BUNDLE, "inference.json", "infer", overrides) == []
     check_net_in_out(BUNDLE, {"bundle_root": str(BUNDLE)})
     check_export(BUNDLE, trained / "models" / "model.pt", tmp_path, (2, 1, 64, 64), {"bundle_root": str(BUNDLE)})
