@@ -20,6 +20,7 @@ from medkd_ext.engines.distillation import (
     loss_terms_output,
 )
 from medkd_ext.engines.multihead import MultiHeadTrainer, RoundRobin
+from medkd_ext.engines.settings import check_recorded, recorded, save_settings, settings_path
 from medkd_ext.engines.stages import (
     Stage,
     as_flag,
@@ -43,6 +44,10 @@ __all__ = [
     "ALL_TEACHERS",
     "Stage",
     "as_flag",
+    "check_recorded",
+    "recorded",
+    "save_settings",
+    "settings_path",
     "for_each",
     "run_stage",
     "run_stages",

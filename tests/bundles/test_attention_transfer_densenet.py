@@ -264,8 +264,9 @@ def test_every_id_given_to_train_json_reaches_every_stage(demo, tmp_path):
     assert list(parsers) == ["teacher", "student", "evaluate"]
     for name, parser in parsers.items():
         assert parser.get_parsed_content("seed") == 4, name
-        assert parser.get_parsed_content("data_parts") == {"source": 0.6, "train": 0.1, "validation": 0.3}, name
         assert parser.get_parsed_content("train#random_transforms")[1].prob == 0.1, name
+        if name != "evaluate":  # the evaluation reads the data of the trained model from its record (model.json)
+            assert parser.get_parsed_content("data_parts") == {"source": 0.6, "train": 0.1, "validation": 0.3}, name
     teacher = parsers["teacher"]
     assert type(teacher.get_parsed_content("network")).__name__ == "DenseNet121"
     assert teacher.get_parsed_content("optimizer").defaults["lr"] == 0.003
@@ -320,3 +321,18 @@ def test_booleans_from_the_command_line(demo, text):
     with pytest.raises(Exception) as info:
         parser_for(["train.json"], overrides(demo, baseline="maybe")).get_parsed_content("loss_terms")
     assert "baseline must be true or false" in str(_cause(info.value, ValueError))
+
+
+@pytest.mark.slow
+def test_evaluation_and_inference_read_the_trained_settings(trained, tmp_path):
+    """Trained at 32 pixels on the test's own data: evaluate.json and inference.json need neither."""
+    assert json.loads((trained / "models" / "model.json").read_text())["image_size"] == 32
+    plain = {"ckpt_dir": str(trained / "models"), "output_dir": str(tmp_path / "ev"), "device": "cpu"}
+    run_stage([CONFIGS / "train.json", CONFIGS / "evaluate.json"], plain)
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["num_samples"] == 8  # not the demo's 100
+    infer = {**plain, "dataset_dir": str(trained / "data"), "output_dir": str(tmp_path / "inf")}
+    run_stage(CONFIGS / "inference.json", infer, workflow_type="infer")
+    assert len(json.loads((tmp_path / "inf" / "probabilities.json").read_text())) == 40
+    with pytest.raises(Exception) as info:
+        run_stage(CONFIGS / "inference.json", {**infer, "image_size": 64}, workflow_type="infer")
+    assert "image_size: trained with 32, this run has 64" in str(_cause(info.value, ValueError))

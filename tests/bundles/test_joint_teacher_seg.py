@@ -116,6 +116,8 @@ def test_every_id_given_to_train_json_reaches_every_stage(tmp_path):
     assert list(parsers) == names
     for name, parser in parsers.items():
         assert parser.get_parsed_content("seed") == 5, name
+        if name == "evaluate":  # reads the model's settings from the record the student stage writes (model.json)
+            continue
         spacing = parser.get_parsed_content("validate#preprocessing").transforms[3].spacing_transform
         assert spacing.pixdim.tolist() == [1.0, 1.0, 2.0], name
         assert parser.get_parsed_content("train#random_transforms")[1].prob == 0.25, name
@@ -337,3 +339,24 @@ def test_tracking_records_every_stage(tmp_path):
     names = sorted(runs["tags.mlflow.runName"])
     assert names == sorted(["target_teacher", "source_teacher_0", "source_teacher_1", "joint_teacher", "student"])
     assert runs["metrics.val_mean_dice"].notna().all()
+
+
+def test_evaluation_and_inference_read_the_trained_settings(trained, tmp_path):
+    """The student was trained with width 4, 24^3 patches and the test's own data: evaluate.json and inference.json
+    take them from models/model.json without being told, and refuse a width that disagrees."""
+    tmp, _ = trained
+    record = json.loads((tmp / "models" / "model.json").read_text())
+    assert (record["student_width"], record["roi_size"]) == (4, [24, 24, 24])
+    assert record["target_datalist"] == str(tmp / "data" / "target" / "dataset.json")
+    plain = {"bundle_root": str(BUNDLE), "ckpt_dir": str(tmp / "models"), "output_dir": str(tmp_path / "ev")}
+    run(config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")], **plain)
+    report = (tmp_path / "ev" / "metrics.csv").read_text()
+    assert str(tmp / "data" / "target") in report  # the trained run's test cases, not the demo's
+    _expect_error(
+        r"student_width: trained with 4, this run has 8",
+        run, config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")], student_width=8, **plain,
+    )
+    out = tmp_path / "masks"
+    run(config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE), ckpt_dir=str(tmp / "models"),
+        dataset_dir=str(tmp / "data" / "target" / "imagesTs"), output_dir=str(out))
+    assert len(list(out.glob("*_seg.nii.gz"))) == 2

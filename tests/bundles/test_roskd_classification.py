@@ -349,3 +349,17 @@ def test_rgb_image_into_a_one_channel_network_names_the_file(demo, tmp_path):
     with pytest.raises(Exception) as info:
         preprocessing({"image": str(rgb), "label": 0})
     assert str(rgb) in _messages(info.value) and "3 channels but 1 are expected" in _messages(info.value)
+
+
+@pytest.mark.slow
+def test_evaluation_reads_the_trained_settings_and_data(trained, tmp_path):
+    """evaluate.json given no data and no settings scores the trained run's test split (8 cases, not the demo's
+    100) with the recorded image size and class names; a class count that disagrees with the record is refused."""
+    record = json.loads((trained / "models" / "model.json").read_text())
+    assert record["num_classes"] == 4 and record["class_names"] == ["disc", "square", "ring", "cross"]
+    plain = {"bundle_root": str(BUNDLE), "ckpt_dir": str(trained / "models"), "output_dir": str(tmp_path / "ev")}
+    run_stage([CONFIGS / "train.json", CONFIGS / "evaluate.json"], overrides=plain)
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["num_samples"] == 8
+    with pytest.raises(Exception) as info:
+        run_stage([CONFIGS / "train.json", CONFIGS / "evaluate.json"], overrides={**plain, "image_size": 32})
+    assert "image_size: trained with 64, this run has 32" in _messages(info.value)

@@ -1,0 +1,39 @@
+import json
+
+import numpy as np
+import pytest
+
+from medkd_ext.engines import check_recorded, recorded, save_settings, settings_path
+
+
+def test_record_beside_the_weights_and_read_back(tmp_path):
+    ckpt = tmp_path / "models" / "model.pt"
+    path = save_settings(ckpt, {"width": 16, "roi_size": (32, 32, 16)}, {"datalist": tmp_path / "d.json"})
+    assert path == settings_path(ckpt) == tmp_path / "models" / "model.json"
+    assert json.loads(path.read_text()) == {"width": 16, "roi_size": [32, 32, 16], "datalist": str(tmp_path / "d.json")}
+    assert recorded(ckpt, "width") == 16 and recorded(ckpt, "roi_size", [8, 8, 8]) == [32, 32, 16]
+    assert recorded(ckpt, "absent", 3) == 3
+    with pytest.raises(KeyError, match="records no 'absent'"):
+        recorded(ckpt, "absent")
+
+
+def test_without_a_record_the_default_or_a_clear_error(tmp_path):
+    ckpt = tmp_path / "model.pt"
+    assert recorded(ckpt, "width", 8) == 8
+    with pytest.raises(FileNotFoundError, match=r"model\.json does not exist.*give --width"):
+        recorded(ckpt, "width")
+    check_recorded(ckpt, {"width": 99})  # nothing recorded: nothing to refuse
+
+
+def test_a_value_that_disagrees_with_the_record_is_refused_naming_both(tmp_path):
+    ckpt = tmp_path / "model.pt"
+    save_settings(ckpt, {"width": 16, "pixdim": [1.0, 1.0, 1.5], "names": ["a", "b"]})
+    check_recorded(ckpt, {"width": 16, "pixdim": (1.0, 1.0, 1.5), "names": ["a", "b"], "other": 1})
+    expected = r"width: trained with 16, this run has 8; pixdim: trained with \[1\.0, 1\.0, 1\.5\]"
+    with pytest.raises(ValueError, match=expected):
+        check_recorded(ckpt, {"width": 8, "pixdim": np.array([1.0, 1.0, 2.0])})
+
+
+def test_values_that_json_cannot_hold_are_named(tmp_path):
+    with pytest.raises(TypeError, match="'network'"):
+        save_settings(tmp_path / "model.pt", {"network": object()})
