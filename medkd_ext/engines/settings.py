@@ -1,6 +1,7 @@
 """The settings a trained model was made with, recorded beside its weights and read back by evaluation and inference.
 
-The student stage of every bundle writes ``model.json`` beside ``model.pt`` (:func:`save_settings`): the ids that
+The student stage of every bundle writes ``model.json`` beside ``model.pt`` once it has trained (:func:`save_settings`;
+a run that fails before the end leaves an earlier record as it was): the ids that
 define the network and its input (architecture and widths, channels, classes and their names, spatial dims, image
 size or spacing and patch size, intensity handling) and the data it was trained on. ``evaluate.json`` and
 ``inference.json`` take those ids from the record (:func:`recorded`) instead of the demo defaults, and

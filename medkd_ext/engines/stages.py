@@ -32,12 +32,16 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import merge_kv
+from torch import nn
+
+from medkd_ext.networks.checkpoint import load_state_dict
 
 __all__ = [
     "Stage",
     "as_flag",
     "current_config",
     "for_each",
+    "load_stage_output",
     "locate_bundle",
     "run_stage",
     "run_stages",
@@ -274,6 +278,19 @@ def stage_hint(
                 f"or that stage alone: {stage.command(bundle_root)}"
             )
     return f"run {root}{BASE_CONFIG} first, which writes it"
+
+
+def load_stage_output(
+    network: nn.Module,
+    path: str | os.PathLike,
+    device: str | torch.device,
+    stages: Iterable[Stage | Iterable[Stage]] = (),
+    bundle_root: str | os.PathLike | None = None,
+) -> nn.Module:
+    """``network`` on ``device`` with the weights a stage wrote to ``path``; a missing or unfitting file is reported
+    with the stage that writes it (:func:`stage_hint`) and the command that runs it."""
+    hint = stage_hint(stages, path, bundle_root)
+    return load_state_dict(network.to(device), path, device=device, stage_hint=hint)
 
 
 def run_stage(

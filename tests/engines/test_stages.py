@@ -132,3 +132,18 @@ def test_locate_bundle(tmp_path, monkeypatch):
     assert locate_bundle("demo_bundle") == "."
     with pytest.raises(FileNotFoundError, match="--bundle_root"):
         locate_bundle("no_such_bundle")
+
+
+def test_load_stage_output_names_the_stage_that_writes_a_missing_file(tmp_path):
+    import torch
+
+    from medkd_ext.engines import load_stage_output
+    from medkd_ext.networks import save_state_dict
+
+    stages = [Stage("joint_teacher", ["t.json", "j.json"], outputs=[str(tmp_path / "joint.pt")])]
+    with pytest.raises(FileNotFoundError, match=r"joint\.pt.*stage 'joint_teacher'.*configs/j\.json"):
+        load_stage_output(torch.nn.Linear(2, 2), tmp_path / "joint.pt", "cpu", stages)
+    trained = torch.nn.Linear(2, 2)
+    save_state_dict(trained, tmp_path / "joint.pt")
+    loaded = load_stage_output(torch.nn.Linear(2, 2), tmp_path / "joint.pt", "cpu", stages)
+    assert torch.equal(loaded.weight, trained.weight)
