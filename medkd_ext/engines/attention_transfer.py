@@ -14,10 +14,12 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from medkd_ext.engines.stages import check_stage_output
 from medkd_ext.networks.checkpoint import _strip_wrapper_prefixes, apply_state_dict, read_state_dict
 from medkd_ext.networks.frozen import unwrap_network
 from medkd_ext.utils import is_positive_int
@@ -74,6 +76,7 @@ def load_densenet_teacher(
     device: str | torch.device | None = None,
     stage_hint: str | None = None,
     classes_key: str = "teacher_num_classes",
+    settings: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Load a DenseNet teacher checkpoint (MONAI or torchvision key names) into ``network``, with clear errors.
 
@@ -89,6 +92,8 @@ def load_densenet_teacher(
         device: ``map_location`` for reading.
         stage_hint: what writes this file, added to the messages (e.g. ``"run configs/train_teacher.json"``).
         classes_key: config key that sets the teacher's number of classes, named in the class-count message.
+        settings: this run's input settings, checked against the record the teacher stage wrote beside ``path``
+            (:func:`medkd_ext.engines.check_stage_output`); a teacher from elsewhere has none and is not checked.
 
     Returns:
         ``network`` with the checkpoint's weights.
@@ -99,6 +104,8 @@ def load_densenet_teacher(
     """
     path = Path(path)
     hint = f" ({stage_hint})" if stage_hint else ""
+    if settings is not None and path.is_file():
+        check_stage_output(path, settings, stage_hint or "")
     state = _read_checkpoint(path, device, stage_hint)
     target = unwrap_network(network).state_dict()
     if _CLASSIFIER in state and _CLASSIFIER in target and state[_CLASSIFIER].ndim == 2:

@@ -26,7 +26,7 @@ from medkd_ext.data.datalist import check_files_exist, load_datalist
 from medkd_ext.data.noise import apply_label_noise_to_items
 from medkd_ext.data.sampling import overlapping_subsets, patient_split
 from medkd_ext.engines.distillation import ALL_TEACHERS, LABEL, LossTerm
-from medkd_ext.engines.stages import as_flag, stage_hint
+from medkd_ext.engines.stages import as_flag, check_stage_output, stage_hint
 from medkd_ext.handlers.averaging import recompute_batchnorm
 from medkd_ext.losses.response import KDLoss, MultiTeacherKDLoss
 from medkd_ext.networks.checkpoint import load_state_dict, save_state_dict
@@ -147,6 +147,7 @@ def load_teachers(
     hinton_teacher: int,
     stages: Sequence[Any] = (),
     bundle_root: str | os.PathLike | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> dict[str, nn.Module]:
     """The trained teachers ``method`` distils, loaded from ``teacher_ckpts``, keyed by their index.
 
@@ -161,6 +162,8 @@ def load_teachers(
         hinton_teacher: index of the single teacher of ``"hinton_kd"``.
         stages: the bundle's stages, to name the one that writes a missing checkpoint (:func:`stage_hint`).
         bundle_root: the bundle's folder, for the command in that message.
+        settings: this run's input and data settings, checked against each teacher's record
+            (:func:`medkd_ext.engines.check_stage_output`) before anything is loaded.
 
     Returns:
         ``{"<i>": teacher_i}`` (empty for ``"student_only"``).
@@ -177,6 +180,9 @@ def load_teachers(
             f"method '{method}' needs the teacher checkpoint(s) {missing}, which do not exist: "
             f"{stage_hint(stages, missing[0], bundle_root)}."
         )
+    if settings is not None:
+        for path in paths.values():
+            check_stage_output(path, settings, stage_hint(stages, path, bundle_root))
     teachers = {}
     for i in indices:
         hint = f"{stage_hint(stages, paths[i], bundle_root)}, with the current teacher_defs"

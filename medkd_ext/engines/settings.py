@@ -1,7 +1,8 @@
 """The settings a trained model was made with, recorded beside its weights and read back by evaluation and inference.
 
 The student stage of every bundle writes ``model.json`` beside ``model.pt`` once it has trained (:func:`save_settings`;
-a run that fails before the end leaves an earlier record as it was): the ids that
+a run that fails before the end leaves an earlier record as it was), and every teacher stage a record beside its
+checkpoint, which the stages that load that teacher check (:func:`medkd_ext.engines.load_stage_output`): the ids that
 define the network and its input (architecture and widths, channels, classes and their names, spatial dims, image
 size or spacing and patch size, intensity handling) and the data it was trained on. ``evaluate.json`` and
 ``inference.json`` take those ids from the record (:func:`recorded`) instead of the demo defaults, and
@@ -110,8 +111,14 @@ def recorded(ckpt_file: str | os.PathLike, key: str, default: Any = _NO_DEFAULT)
     return content[key]
 
 
-def check_recorded(ckpt_file: str | os.PathLike, values: Mapping[str, Any]) -> None:
+def check_recorded(ckpt_file: str | os.PathLike, values: Mapping[str, Any], advice: str | None = None) -> None:
     """Refuse settings that disagree with the record of ``ckpt_file`` (nothing to check when there is none).
+
+    Args:
+        ckpt_file: the checkpoint; its record is :func:`settings_path`.
+        values: id -> this run's value; ids the record lacks are not checked.
+        advice: what the user should do, ending the message; default: leave the ids out (evaluation and inference
+            read them from the record) or give the trained values.
 
     Raises:
         ValueError: naming every id whose value differs, with the recorded value and this run's.
@@ -128,5 +135,6 @@ def check_recorded(ckpt_file: str | os.PathLike, values: Mapping[str, Any]) -> N
         raise ValueError(
             f"the model {ckpt_file} was trained with other settings ({settings_path(ckpt_file)}): "
             + "; ".join(wrong)
-            + ". Leave these ids out (they are read from the record) or give the trained values."
+            + ". "
+            + (advice or "Leave these ids out (they are read from the record) or give the trained values.")
         )

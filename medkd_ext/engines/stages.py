@@ -34,11 +34,13 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import merge_kv
 from torch import nn
 
+from medkd_ext.engines.settings import check_recorded
 from medkd_ext.networks.checkpoint import load_state_dict
 
 __all__ = [
     "Stage",
     "as_flag",
+    "check_stage_output",
     "current_config",
     "for_each",
     "load_stage_output",
@@ -286,11 +288,29 @@ def load_stage_output(
     device: str | torch.device,
     stages: Iterable[Stage | Iterable[Stage]] = (),
     bundle_root: str | os.PathLike | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """``network`` on ``device`` with the weights a stage wrote to ``path``; a missing or unfitting file is reported
-    with the stage that writes it (:func:`stage_hint`) and the command that runs it."""
+    with the stage that writes it (:func:`stage_hint`) and the command that runs it.
+
+    ``settings`` (id -> this run's value), when given, are checked against the record the stage wrote beside
+    ``path`` (:func:`check_stage_output`) before anything is loaded.
+    """
     hint = stage_hint(stages, path, bundle_root)
+    if settings is not None and os.path.isfile(path):
+        check_stage_output(path, settings, hint)
     return load_state_dict(network.to(device), path, device=device, stage_hint=hint)
+
+
+def check_stage_output(path: str | os.PathLike, settings: Mapping[str, Any], hint: str) -> None:
+    """Refuse a stage output (a teacher) whose record disagrees with ``settings``: a stage run alone without the
+    files or ids the stage that wrote ``path`` ran with (``paper.json``, your data) stops before training, naming
+    each id with both values, instead of training on mismatched input or data."""
+    check_recorded(
+        path,
+        settings,
+        advice=f"Give this stage the config files and ids that stage ran with, or train that stage again ({hint}).",
+    )
 
 
 def run_stage(

@@ -2,12 +2,19 @@
 
 ``verify_metadata`` against the repository's schema (``bundles/metadata_schema.json``, written from MONAI's
 bundle specification: nothing is downloaded), ``ConfigWorkflow(...).check_properties() == []``,
-``verify_net_in_out`` on ``inference.json`` and ``ckpt_export`` to TorchScript compared with eager; and
-:func:`stage_parsers`, the resolved config of every stage ``train.json`` runs, built without running anything.
+``verify_net_in_out`` on ``inference.json`` and ``ckpt_export`` to TorchScript compared with eager;
+:func:`stage_parsers`, the resolved config of every stage ``train.json`` runs, built without running anything; and
+:func:`readme_commands` / :func:`run_readme_commands`, a README's commands run as a user runs them.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,3 +121,95 @@ def stage_parsers(
         parser.parse()
         parsers[stage.name] = parser
     return parsers
+
+
+def readme_commands(bundle_dir: Path, heading: str) -> list[str]:
+    """The commands of the first ``bash`` block under ``heading`` in the bundle's README (continuation lines joined,
+    comments dropped), as a user copies them."""
+    text = (bundle_dir / "docs" / "README.md").read_text(encoding="utf-8")
+    start = text.index(f"\n{heading}\n")
+    end = text.find("\n## ", start + len(heading) + 2)
+    block = re.search(r"```bash\n(.*?)```", text[start : end if end > 0 else len(text)], re.S)
+    if block is None:
+        raise AssertionError(f"no bash block under '{heading}' in {bundle_dir / 'docs' / 'README.md'}")
+    joined = block.group(1).replace("\\\n", " ")
+    return [" ".join(line.split()) for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def run_readme_commands(
+    commands: Sequence[str], data_root: Path, extra: Mapping[int, str] | None = None, timeout: float = 900
+) -> list[str]:
+    """Run ``commands`` from the repository root, as written, except that ``/data/`` becomes ``data_root`` and
+    command ``i`` gets ``extra[i]`` appended (tiny epochs for a test); ``python`` is this interpreter.
+
+    Returns the commands as run. Raises ``AssertionError`` with the command and the end of its output when one
+    exits non-zero.
+    """
+    ran = []
+    for i, command in enumerate(commands):
+        command = command.replace("/data/", f"{data_root}/")
+        if (extra or {}).get(i):
+            command = f"{command} {extra[i]}"
+        if command.startswith("python "):
+            command = shlex.quote(sys.executable) + command[len("python") :]
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout,
+            env=dict(os.environ),
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"{command}\nexited {result.returncode}:\n{(result.stdout + result.stderr)[-6000:]}")
+        ran.append(command)
+    return ran
+
+
+FINDINGS = ["effusion", "nodule", "mass", "edema"]
+
+
+def classification_csv(root: Path, size: int = 32) -> Path:
+    """A multi-label dataset as the classification READMEs' "Your data" describes it, under ``root``: images in
+    ``root/images`` and ``root/cases.csv`` (``image`` relative to the table, ``patient``, ``split`` with 40
+    ``training`` and 8 ``test`` rows, one 0/1 column per finding of :data:`FINDINGS`)."""
+    import csv
+
+    from medkd_ext.data import make_classification_demo
+
+    make_classification_demo(root, seed=0, n_cases=40, n_test=8, size=size, multi_label=True)
+    content = json.loads((root / "dataset.json").read_text())
+    table = root / "cases.csv"
+    with table.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "patient", "split", *FINDINGS])
+        for split in ("training", "test"):
+            for item in content[split]:
+                writer.writerow([item["image"], item["patient"], split, *item["label"]])
+    return table
+
+
+def check_your_data_classification(bundle_dir: Path, tmp_path: Path, extra: str, trained: Mapping[str, Any]) -> None:
+    """The "Your data" commands of a classification bundle's README on :func:`classification_csv`: training (with
+    ``extra`` ids: tiny epochs and a non-default setting), then evaluation and inference given no training setting.
+
+    The record beside the weights holds ``trained`` and the table's class names; the evaluation scores the 8 test
+    rows; inference's probabilities of those images equal the evaluation's.
+    """
+    data = tmp_path / "data"
+    classification_csv(data)
+    run_readme_commands(readme_commands(bundle_dir, "## Your data"), data, extra={0: extra})
+    record = json.loads((data / "run" / "models" / "model.json").read_text())
+    assert record["class_names"] == FINDINGS and record["multi_label"] is True and record["num_classes"] == 4
+    assert record["datalist"] == str(data / "cases.csv")
+    assert {k: record[k] for k in trained} == dict(trained)
+    report = json.loads((data / "run" / "eval" / "metrics.json").read_text())
+    assert report["task"] == "multi-label" and report["num_samples"] == 8 and set(report["per_class"]) == set(FINDINGS)
+    evaluated = {os.path.realpath(e["image"]): e["probabilities"] for e in _json(data / "run" / "eval" / "predictions.json")}
+    inferred = {os.path.realpath(e["image"]): e["probabilities"] for e in _json(data / "run" / "inference" / "probabilities.json")}
+    assert len(evaluated) == 8 and len(inferred) == 48 and set(evaluated) <= set(inferred)
+    for image, probabilities in evaluated.items():
+        assert list(probabilities) == FINDINGS
+        expected = torch.tensor(list(probabilities.values()))
+        got = torch.tensor([inferred[image][name] for name in FINDINGS])
+        assert torch.allclose(expected, got, atol=1e-5), (image, expected, got)
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -19,6 +19,7 @@ from medkd_ext.networks import FeatureTaps, save_state_dict
 from tests.bundles.bundle_checks import (
     REPO,
     check_export,
+    check_your_data_classification,
     check_metadata,
     check_net_in_out,
     check_properties,
@@ -119,14 +120,24 @@ def test_inference_writes_probabilities(trained):
 
 
 @pytest.mark.slow
-def test_attention_maps_have_input_geometry(trained):
-    values = overrides(trained, num_attention_cases=2, image_size=48)  # resized: the maps must be brought back
+def test_attention_maps_have_input_geometry(trained, tmp_path):
+    """Test images of 40x40, resized to the trained 32x32 for the networks: the maps are brought back to 40x40."""
+    content = json.loads((trained / "data" / "dataset.json").read_text())
+    cases = []
+    for item in content["test"][:2]:
+        with Image.open(trained / "data" / item["image"]) as img:
+            big = tmp_path / Path(item["image"]).name
+            img.resize((40, 40)).save(big)
+        cases.append({"image": str(big), "label": item["label"]})
+    training = [{**item, "image": str(trained / "data" / item["image"])} for item in content["training"]]
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": training, "test": cases}))
+    values = overrides(trained, num_attention_cases=2, datalist=str(tmp_path / "dataset.json"))
     run_stage([CONFIGS / "train.json", CONFIGS / "attention_maps.json"], values)
     files = sorted((trained / "eval" / "attention_maps").glob("*.png"))
     assert len(files) == 4 and {f.name.split("_")[-2] for f in files} == {"teacher", "student"}
     for f in files:
         with Image.open(f) as img:
-            assert img.mode == "RGB" and img.size == (32, 32)
+            assert img.mode == "RGB" and img.size == (40, 40)
 
 
 @pytest.mark.slow
@@ -336,3 +347,13 @@ def test_evaluation_and_inference_read_the_trained_settings(trained, tmp_path):
     with pytest.raises(Exception) as info:
         run_stage(CONFIGS / "inference.json", {**infer, "image_size": 64}, workflow_type="infer")
     assert "image_size: trained with 32, this run has 64" in str(_cause(info.value, ValueError))
+
+
+@pytest.mark.slow
+def test_your_data_as_the_readme_says(tmp_path):
+    """The README's "Your data" commands, as written, on a multi-label CSV with patients and a test split, at image
+    size 40: evaluation and inference read the trained settings, and their probabilities agree image by image."""
+    check_your_data_classification(
+        BUNDLE, tmp_path, "--max_epochs 1 --teacher_max_epochs 1 --batch_size 8 --image_size 40",
+        trained={"image_size": 40, "crop_size": 40},
+    )

@@ -22,6 +22,8 @@ from tests.bundles.bundle_checks import (
     check_metadata,
     check_net_in_out,
     check_properties,
+    readme_commands,
+    run_readme_commands,
     stage_parsers,
 )
 
@@ -360,3 +362,40 @@ def test_evaluation_and_inference_read_the_trained_settings(trained, tmp_path):
     run(config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE), ckpt_dir=str(tmp / "models"),
         dataset_dir=str(tmp / "data" / "target" / "imagesTs"), output_dir=str(out))
     assert len(list(out.glob("*_seg.nii.gz"))) == 2
+
+
+def test_your_data_as_the_readme_says(tmp_path):
+    """The README's "Your data" commands, as written, on MSD-layout datasets (a target whose "test" list mixes MSD's
+    unlabelled image paths with labelled cases, two sources), with tiny epochs, width 4 and spacing 1.5 x 1.5 x 2 mm:
+    evaluation scores the labelled test cases only, evaluation and inference read the trained settings, and
+    inference's masks equal the evaluation's for the same cases."""
+    data = tmp_path / "data"
+    make_segmentation_demo(tmp_path / "generated", seed=0, size=(40, 40, 32), n_target_train=3, n_target_test=4, n_source=2)
+    data.mkdir()
+    for generated, name in (("target", "target"), ("source_1", "siteA"), ("source_2", "siteB")):
+        shutil.move(tmp_path / "generated" / generated, data / name)
+    listing_path = data / "target" / "dataset.json"
+    listing = json.loads(listing_path.read_text())
+    labelled, unlabelled = listing["test"][:2], [case["image"] for case in listing["test"][2:]]
+    listing["test"] = [unlabelled[0], *labelled, unlabelled[1]]
+    listing_path.write_text(json.dumps(listing))
+    extra = (
+        "--target_teacher_max_epochs 1 --source_teacher_max_epochs 1 --joint_max_epochs 1 --max_epochs 1 "
+        "--val_interval 1 --teacher_width 4 --student_width 4 --max_tokens 64 --pixdim \"[1.5, 1.5, 2.0]\""
+    )
+    run_readme_commands(readme_commands(BUNDLE, "## Your data"), data, extra={0: extra})
+    record = json.loads((data / "run" / "models" / "model.json").read_text())
+    assert (record["student_width"], record["pixdim"]) == (4, [1.5, 1.5, 2.0])
+    assert record["target_datalist"] == str(listing_path)
+    report = (data / "run" / "eval" / "metrics.csv").read_text()
+    evaluated = sorted((data / "run" / "eval" / "masks").glob("*_seg.nii.gz"))
+    inferred = sorted((data / "run" / "inference").glob("*_seg.nii.gz"))
+    assert [p.name for p in evaluated] == sorted(Path(c["image"]).name.replace(".nii.gz", "_seg.nii.gz") for c in labelled)
+    assert len(inferred) == 4 and all(Path(c["image"]).name in report for c in labelled)
+    for mask in evaluated:
+        ours, theirs = nib.load(mask), nib.load(data / "run" / "inference" / mask.name)
+        image = nib.load(data / "target" / "imagesTs" / mask.name.replace("_seg.nii.gz", ".nii.gz"))
+        assert ours.shape == theirs.shape == image.shape
+        np.testing.assert_allclose(ours.affine, theirs.affine, atol=1e-5)
+        assert 0 < np.asarray(ours.dataobj).mean() < 1  # both classes: the comparison is not of empty masks
+        np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(theirs.dataobj))

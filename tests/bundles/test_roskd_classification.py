@@ -16,6 +16,7 @@ from medkd_ext.data import make_classification_demo, overlapping_subsets
 from medkd_ext.engines import run_stage
 from tests.bundles.bundle_checks import (
     check_export,
+    check_your_data_classification,
     check_metadata,
     check_net_in_out,
     check_properties,
@@ -363,3 +364,31 @@ def test_evaluation_reads_the_trained_settings_and_data(trained, tmp_path):
     with pytest.raises(Exception) as info:
         run_stage([CONFIGS / "train.json", CONFIGS / "evaluate.json"], overrides={**plain, "image_size": 32})
     assert "image_size: trained with 64, this run has 32" in _messages(info.value)
+
+
+@pytest.mark.slow
+def test_your_data_as_the_readme_says(tmp_path):
+    """The README's "Your data" commands, as written, on a multi-label CSV with patients and a test split, at image
+    size 40: evaluation and inference read the trained settings, and their probabilities agree image by image."""
+    check_your_data_classification(
+        BUNDLE, tmp_path,
+        "--max_epochs 1 --teacher_max_epochs 1 --warmup_epochs 1 --batch_size 8 --image_size 40",
+        trained={"image_size": 40, "intensity_range": [0, 255]},
+    )
+
+
+@pytest.mark.slow
+def test_a_stage_alone_checks_the_teachers_record(trained, demo):
+    """Every teacher stage records its input settings and data beside its weights; the student stage run alone with
+    another image size is refused before training, naming the teacher's value and this run's."""
+    record = json.loads((trained / "models" / "teacher_0.json").read_text())
+    assert record["image_size"] == 64 and record["datalist"] == str(demo / "mc" / "dataset.json")
+    before = (trained / "models" / "model.pt").stat().st_mtime_ns
+    with pytest.raises(Exception) as info:
+        run_stage(
+            [CONFIGS / "train.json", CONFIGS / "train_student.json"],
+            overrides=_overrides(trained, demo / "mc", image_size=32, max_epochs=1),
+        )
+    message = _messages(info.value)
+    assert "teacher_0.pt was trained with other settings" in message and "image_size: trained with 64, this run has 32" in message
+    assert (trained / "models" / "model.pt").stat().st_mtime_ns == before

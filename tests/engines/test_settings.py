@@ -37,3 +37,28 @@ def test_a_value_that_disagrees_with_the_record_is_refused_naming_both(tmp_path)
 def test_values_that_json_cannot_hold_are_named(tmp_path):
     with pytest.raises(TypeError, match="'network'"):
         save_settings(tmp_path / "model.pt", {"network": object()})
+
+
+def test_a_stage_output_is_checked_against_its_record_before_loading(tmp_path):
+    """A teacher loaded by a later stage: settings that disagree with the teacher stage's record stop the load,
+    naming the id, both values and what to do; without a record (a teacher from elsewhere) nothing is checked."""
+    import torch
+
+    from medkd_ext.engines import Stage, load_stage_output
+
+    ckpt = tmp_path / "teacher.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), ckpt)
+    stages = [Stage(name="teacher", config="train_teacher.json", outputs=[str(ckpt)])]
+    loaded = load_stage_output(torch.nn.Linear(2, 2), ckpt, "cpu", stages, tmp_path, settings={"pixdim": [1, 1, 2]})
+    assert torch.equal(loaded.weight, torch.load(ckpt)["weight"])  # no record: loaded as before
+    save_settings(ckpt, {"pixdim": [1.0, 1.0, 1.5], "datalist": "/data/a.json"})
+    load_stage_output(torch.nn.Linear(2, 2), ckpt, "cpu", stages, tmp_path, settings={"pixdim": [1.0, 1.0, 1.5]})
+    with pytest.raises(ValueError) as info:
+        load_stage_output(
+            torch.nn.Linear(2, 2), ckpt, "cpu", stages, tmp_path,
+            settings={"pixdim": [1.0, 1.0, 1.5], "datalist": "/demo/d.json"},
+        )
+    message = str(info.value)
+    assert "datalist: trained with '/data/a.json', this run has '/demo/d.json'" in message
+    assert message.count("this run has") == 1 and "written by stage 'teacher'" in message  # pixdim agrees
+    assert "config files and ids that stage ran with" in message
