@@ -133,7 +133,8 @@ def readme_commands(bundle_dir: Path, heading: str) -> list[str]:
     if block is None:
         raise AssertionError(f"no bash block under '{heading}' in {bundle_dir / 'docs' / 'README.md'}")
     joined = block.group(1).replace("\\\n", " ")
-    return [" ".join(line.split()) for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    lines = [line for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [" ".join(line.split()) for line in lines]
 
 
 def run_readme_commands(
@@ -201,8 +202,8 @@ def check_your_data_classification(bundle_dir: Path, tmp_path: Path, extra: str,
     assert {k: record[k] for k in trained} == dict(trained)
     report = json.loads((data / "run" / "eval" / "metrics.json").read_text())
     assert report["task"] == "multi-label" and report["num_samples"] == 8 and set(report["per_class"]) == set(FINDINGS)
-    evaluated = {os.path.realpath(e["image"]): e["probabilities"] for e in _json(data / "run" / "eval" / "predictions.json")}
-    inferred = {os.path.realpath(e["image"]): e["probabilities"] for e in _json(data / "run" / "inference" / "probabilities.json")}
+    evaluated = _by_image(data / "run" / "eval" / "predictions.json")
+    inferred = _by_image(data / "run" / "inference" / "probabilities.json")
     assert len(evaluated) == 8 and len(inferred) == 48 and set(evaluated) <= set(inferred)
     for image, probabilities in evaluated.items():
         assert list(probabilities) == FINDINGS
@@ -211,5 +212,6 @@ def check_your_data_classification(bundle_dir: Path, tmp_path: Path, extra: str,
         assert torch.allclose(expected, got, atol=1e-5), (image, expected, got)
 
 
-def _json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
+def _by_image(path: Path) -> dict[str, dict[str, float]]:
+    """image -> probabilities of a ProbabilityWriter file."""
+    return {os.path.realpath(e["image"]): e["probabilities"] for e in json.loads(path.read_text(encoding="utf-8"))}

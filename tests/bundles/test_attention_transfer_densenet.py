@@ -19,10 +19,10 @@ from medkd_ext.networks import FeatureTaps, save_state_dict
 from tests.bundles.bundle_checks import (
     REPO,
     check_export,
-    check_your_data_classification,
     check_metadata,
     check_net_in_out,
     check_properties,
+    check_your_data_classification,
     stage_parsers,
 )
 

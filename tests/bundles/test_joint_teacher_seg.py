@@ -370,7 +370,9 @@ def test_your_data_as_the_readme_says(tmp_path):
     evaluation scores the labelled test cases only, evaluation and inference read the trained settings, and
     inference's masks equal the evaluation's for the same cases."""
     data = tmp_path / "data"
-    make_segmentation_demo(tmp_path / "generated", seed=0, size=(40, 40, 32), n_target_train=3, n_target_test=4, n_source=2)
+    make_segmentation_demo(
+        tmp_path / "generated", seed=0, size=(40, 40, 32), n_target_train=3, n_target_test=4, n_source=2
+    )
     data.mkdir()
     for generated, name in (("target", "target"), ("source_1", "siteA"), ("source_2", "siteB")):
         shutil.move(tmp_path / "generated" / generated, data / name)
@@ -390,7 +392,8 @@ def test_your_data_as_the_readme_says(tmp_path):
     report = (data / "run" / "eval" / "metrics.csv").read_text()
     evaluated = sorted((data / "run" / "eval" / "masks").glob("*_seg.nii.gz"))
     inferred = sorted((data / "run" / "inference").glob("*_seg.nii.gz"))
-    assert [p.name for p in evaluated] == sorted(Path(c["image"]).name.replace(".nii.gz", "_seg.nii.gz") for c in labelled)
+    names = sorted(Path(c["image"]).name.replace(".nii.gz", "_seg.nii.gz") for c in labelled)
+    assert [p.name for p in evaluated] == names
     assert len(inferred) == 4 and all(Path(c["image"]).name in report for c in labelled)
     for mask in evaluated:
         ours, theirs = nib.load(mask), nib.load(data / "run" / "inference" / mask.name)

@@ -16,10 +16,10 @@ from medkd_ext.data import make_classification_demo, overlapping_subsets
 from medkd_ext.engines import run_stage
 from tests.bundles.bundle_checks import (
     check_export,
-    check_your_data_classification,
     check_metadata,
     check_net_in_out,
     check_properties,
+    check_your_data_classification,
     stage_parsers,
 )
 
@@ -390,5 +390,6 @@ def test_a_stage_alone_checks_the_teachers_record(trained, demo):
             overrides=_overrides(trained, demo / "mc", image_size=32, max_epochs=1),
         )
     message = _messages(info.value)
-    assert "teacher_0.pt was trained with other settings" in message and "image_size: trained with 64, this run has 32" in message
+    assert "teacher_0.pt was trained with other settings" in message
+    assert "image_size: trained with 64, this run has 32" in message
     assert (trained / "models" / "model.pt").stat().st_mtime_ns == before
