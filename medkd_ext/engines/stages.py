@@ -35,11 +35,13 @@ from monai.bundle.utils import merge_kv
 from torch import nn
 
 from medkd_ext.engines.settings import check_recorded
+from medkd_ext.errors import STAGE_ATTRIBUTE
 from medkd_ext.networks.checkpoint import load_state_dict
 
 __all__ = [
     "Stage",
     "as_flag",
+    "check_override_types",
     "check_stage_output",
     "current_config",
     "for_each",
@@ -220,6 +222,56 @@ def _run_workflow(workflow: ConfigWorkflow) -> None:
         workflow.finalize()
 
 
+def _kind(value: Any) -> str | None:
+    """The kind of a literal default that a value given for it must have; ``None``: anything goes."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, Integral):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    return None
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if isinstance(value, str) and value[:1] in ("$", "@", "%"):
+        return True  # an expression or a reference: its value is known only when it is evaluated
+    if kind == "boolean":
+        return isinstance(value, (bool, Integral, str))  # parsed by as_flag, which refuses anything else
+    numbers = (Integral,) if kind == "integer" else (Integral, float)
+    if isinstance(value, (list, tuple)):  # a size or spacing per axis, for a single default (or a list default)
+        return kind == "list" or all(isinstance(v, numbers) and not isinstance(v, bool) for v in value)
+    if kind == "list":
+        return isinstance(value, (Integral, float)) and not isinstance(value, bool)  # one value for every axis
+    return isinstance(value, numbers) and not isinstance(value, bool)
+
+
+def check_override_types(config: Mapping[str, Any], defaults_file: str | os.PathLike) -> None:
+    """Refuse, before any stage trains, a top-level id whose value is not of the kind of its literal default in
+    ``defaults_file`` (the bundle's ``train.json``): ``--max_epochs abc`` for the integer 80, ``--learning_rate
+    fast`` for a number, ``--roi_size abc`` for a list (a number is one value for every axis, a list of numbers a
+    value per axis). Ids whose default is an expression, a string or null are checked where they are used.
+
+    Raises:
+        TypeError: naming the id, the value given and the kind and value of the default.
+    """
+    path = Path(defaults_file)
+    if not path.is_file():
+        return
+    defaults = ConfigParser.load_config_file(str(path))
+    wrong = []
+    for key, default in defaults.items():
+        kind = _kind(default)
+        if kind is None or key not in config or config[key] == default or _fits(config[key], kind):
+            continue
+        article = "an" if kind == "integer" else "a"
+        wrong.append(f"{key} = {config[key]!r} is not {article} {kind} (default {default!r})")
+    if wrong:
+        raise TypeError(f"wrong value type in the ids given to {path}: " + "; ".join(wrong) + ".")
+
+
 def run_stages(
     stages: Iterable[Stage | Iterable[Stage]],
     config_dir: str | os.PathLike,
@@ -240,6 +292,7 @@ def run_stages(
         RuntimeError: a stage finished without writing one of its outputs.
     """
     base = current_config() if base_config is None else base_config
+    check_override_types(base, Path(config_dir) / "train.json")
     times: dict[str, float] = {}
     for stage in _flatten(stages):
         if not stage.enabled:
@@ -252,7 +305,15 @@ def run_stages(
             continue
         logger.info("running stage %s", stage.name)
         start = time.perf_counter()
-        _run_workflow(stage_workflow(base, stage, config_dir))
+        try:
+            _run_workflow(stage_workflow(base, stage, config_dir))
+        except BaseException as error:
+            if not hasattr(error, STAGE_ATTRIBUTE):
+                try:
+                    setattr(error, STAGE_ATTRIBUTE, stage.name)  # the last line of the run names it (medkd_ext.errors)
+                except AttributeError:
+                    pass
+            raise
         times[stage.name] = time.perf_counter() - start
         logger.info("stage %s finished in %.1f s", stage.name, times[stage.name])
         missing = [o for o in stage.outputs if not Path(o).is_file()]

@@ -147,3 +147,29 @@ def test_load_stage_output_names_the_stage_that_writes_a_missing_file(tmp_path):
     save_state_dict(trained, tmp_path / "joint.pt")
     loaded = load_stage_output(torch.nn.Linear(2, 2), tmp_path / "joint.pt", "cpu", stages)
     assert torch.equal(loaded.weight, trained.weight)
+
+
+def test_ids_of_the_wrong_kind_are_refused_before_any_stage(tmp_path):
+    from medkd_ext.engines import check_override_types
+
+    defaults = tmp_path / "train.json"
+    defaults.write_text(json.dumps({
+        "max_epochs": 80, "learning_rate": 0.001, "roi_size": [32, 32, 32], "amp": False, "arch": "unet",
+        "sources": None, "ckpt_dir": "$@bundle_root + '/models'",
+    }))
+    fine = {
+        "max_epochs": 2, "learning_rate": 1, "roi_size": 24, "amp": "false", "arch": 3, "sources": "x",
+        "ckpt_dir": "/tmp", "image_size": "abc",  # not in train.json: not checked here
+    }
+    check_override_types(fine, defaults)
+    check_override_types({"max_epochs": "$@other", "roi_size": [24, 24, 16], "learning_rate": [0.1, 0.2]}, defaults)
+    with pytest.raises(TypeError) as info:
+        check_override_types({"max_epochs": "abc", "learning_rate": "fast", "roi_size": "big", "amp": 0.5}, defaults)
+    message = str(info.value)
+    for part in (
+        "max_epochs = 'abc' is not an integer (default 80)", "learning_rate = 'fast' is not a number (default 0.001)",
+        "roi_size = 'big' is not a list", "amp = 0.5 is not a boolean",
+    ):
+        assert part in message
+    with pytest.raises(TypeError, match="max_epochs = 1.5 is not an integer"):
+        check_override_types({"max_epochs": 1.5}, defaults)
