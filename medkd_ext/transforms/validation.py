@@ -231,13 +231,31 @@ class EnsureImageChannelsd(MapTransform):
     Args:
         keys: image keys.
         channels: number of channels the network expects.
+        spatial_dims: when given, the spatial dimensions the network expects: an image with another count (a 3D
+            volume given to a 2D network, a 2D image to a 3D one) raises ``ValueError`` naming the file and both
+            counts, instead of failing later inside a resize.
         allow_missing_keys: skip keys absent from the data instead of raising ``KeyError``.
     """
 
-    def __init__(self, keys: KeysCollection, channels: int, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, channels: int, spatial_dims: int | None = None, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         check_positive_int(channels, "EnsureImageChannelsd", "channels")
+        if spatial_dims is not None:
+            check_positive_int(spatial_dims, "EnsureImageChannelsd", "spatial_dims")
         self.channels = channels
+        self.spatial_dims = spatial_dims
+
+    def _check_spatial(self, d: Mapping[Hashable, Any], key: Hashable, img: Any) -> None:
+        found = img.ndim - 1
+        if self.spatial_dims is None or found == self.spatial_dims:
+            return
+        raise ValueError(
+            f"EnsureImageChannelsd: {describe_source(d, key)} is {found}D (shape {tuple(img.shape[1:])}) but the "
+            f"network is {self.spatial_dims}D (spatial_dims={self.spatial_dims}): give "
+            f"{self.spatial_dims}D images, or train a model with --spatial_dims {found}."
+        )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -248,6 +266,7 @@ class EnsureImageChannelsd(MapTransform):
                     f"EnsureImageChannelsd: {describe_source(d, key)} must be a channel-first image (C, *spatial), "
                     f"got {type(img).__name__} of shape {getattr(img, 'shape', None)}; run EnsureChannelFirstd first."
                 )
+            self._check_spatial(d, key, img)
             found = int(img.shape[0])
             if found == self.channels:
                 continue

@@ -135,3 +135,16 @@ def test_ensure_channels_error_names_file_and_counts():
         EnsureImageChannelsd("image", 3)({"image": rgba})
     with pytest.raises(ValueError, match="channels must be a positive int"):
         EnsureImageChannelsd("image", 0)
+
+
+def test_image_channels_refuses_another_spatial_dimension_naming_the_file():
+    from monai.data import MetaTensor
+
+    volume = MetaTensor(torch.zeros(1, 8, 8, 4), meta={"filename_or_obj": "/data/mri.nii.gz"})
+    expected = r"/data/mri.nii.gz' \(key 'image'\) is 3D \(shape \(8, 8, 4\)\) but the network is 2D"
+    with pytest.raises(ValueError, match=expected):
+        EnsureImageChannelsd("image", channels=1, spatial_dims=2)({"image": volume})
+    with pytest.raises(ValueError, match=r"is 2D .* but the network is 3D"):
+        EnsureImageChannelsd("image", channels=1, spatial_dims=3)({"image": torch.zeros(1, 8, 8)})
+    out = EnsureImageChannelsd("image", channels=3, spatial_dims=3)({"image": volume})["image"]
+    assert out.shape == (3, 8, 8, 4)
