@@ -9,7 +9,10 @@ For every seed, trains the bundle's stages (``train.json``) and the two baseline
 
 then evaluates the four models on the target's held-out test cases with ``evaluate.json`` (each model's stage
 overlays plus ``evaluate.json``, ``ckpt_file`` its checkpoint) and prints IoU, DSC, Recall, Precision and HD95 as
-mean +/- std over the seeds (Markdown). Example:
+mean +/- std over the seeds (Markdown), with the number of test cases evaluated over all seeds and how many of
+them had an empty prediction, an empty reference or both. Every case counts in the means (see
+``medkd_ext.metrics.segmentation``): an empty prediction or reference scores 0 and HD95 the image diagonal in mm,
+both empty score 1 and HD95 0, Recall leaves out cases with an empty reference. Example:
 
     python scripts/joint_teacher_table.py --seeds 3 --out /tmp/jt_table
 """
@@ -25,11 +28,13 @@ from typing import Any
 import numpy as np
 
 from medkd_ext.engines import run_stage
+from medkd_ext.metrics.segmentation import SEGMENTATION_COUNTS
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "joint_teacher_seg"
 CONFIGS = BUNDLE / "configs"
 METRICS = ("IoU", "DSC", "Recall", "Precision", "HD95")
 ROWS = ("multi-head", "dataset-specific", "joint teacher", "student")
+COUNT_HEADERS = ("cases", "empty pred.", "empty ref.", "both empty")  # SEGMENTATION_COUNTS, summed over seeds
 TARGET_TEACHER = ["train.json", "train_target_teacher.json"]
 
 
@@ -38,10 +43,12 @@ def _run(files: list[str], overrides: dict[str, Any]) -> float:
 
 
 def _means(report: Path) -> dict[str, float]:
-    """The mean row of an ``evaluate.json`` report (class ``all``, or the one foreground class)."""
-    rows = [r for r in csv.DictReader(report.open()) if r["case"] == "mean"]
+    """The mean row of an ``evaluate.json`` report (class ``all``, or the one foreground class): the metrics and the
+    case counts (``n_cases``, ``n_empty_prediction``, ``n_empty_reference``, ``n_both_empty``)."""
+    with report.open() as f:
+        rows = [r for r in csv.DictReader(f) if r["case"] == "mean"]
     row = next((r for r in rows if r["class"] == "all"), rows[-1])
-    return {m: float(row[m]) for m in METRICS}
+    return {**{m: float(row[m]) for m in METRICS}, **{n: int(row[n]) for n in SEGMENTATION_COUNTS}}
 
 
 def run_seed(seed: int, out: Path, extra: dict[str, Any]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
@@ -72,13 +79,16 @@ def run_seed(seed: int, out: Path, extra: dict[str, Any]) -> tuple[dict[str, dic
 
 
 def format_table(per_seed: list[dict[str, dict[str, float]]]) -> str:
-    lines = ["| model | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    """Markdown: per model, each metric's mean ± std over the seeds, then the case counts summed over the seeds."""
+    header = [*METRICS, *COUNT_HEADERS]
+    lines = ["| model | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
     for name in ROWS:
         cells = []
         for m in METRICS:
             values = np.array([r[name][m] for r in per_seed], dtype=float)
-            values = values[np.isfinite(values)]
+            values = values[np.isfinite(values)]  # Recall is nan for a seed whose every case has an empty reference
             cells.append(f"{values.mean():.3f} ± {values.std():.3f}" if len(values) else "n/a")
+        cells += [str(sum(int(r[name][n]) for r in per_seed)) for n in SEGMENTATION_COUNTS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -105,7 +115,10 @@ def main() -> None:
         print(f"seed {seed}: " + json.dumps(results), flush=True)
         print(f"seed {seed} wall times (s): " + json.dumps({k: round(v, 1) for k, v in times.items()}), flush=True)
     table = format_table(per_seed)
-    print(f"\nTarget test set, mean ± std over {args.seeds} seed(s) (HD95 in mm):\n")
+    print(
+        f"\nTarget test set, mean ± std over {args.seeds} seed(s) (HD95 in mm; cases: evaluated over all seeds, of "
+        "which with an empty prediction / an empty reference / both empty):\n"
+    )
     print(table)
     (args.out / "table.md").write_text(table + "\n")
 

@@ -1,17 +1,31 @@
-"""medkd_ext.errors: the last line of a failed run names the problem, under MONAI's own command line."""
+"""medkd_ext.errors: the last line of a failed run names the problem, under MONAI's own command line.
+
+The runs of the bundles themselves (exit status, last line, ``ckpt_dir`` kept) are the bad-input catalogue,
+``tests/bundles/test_bad_input.py``.
+"""
 
 from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
+import threading
+import time
+from multiprocessing.dummy import DummyProcess
+from multiprocessing.pool import ThreadPool
 
+import nibabel as nib
+import numpy as np
 import pytest
+from monai.transforms import Compose, LoadImaged
 
-from medkd_ext.data import make_classification_demo
-from medkd_ext.errors import STAGE_ATTRIBUTE, report, root_cause, user_message
-from tests.bundles.bundle_checks import REPO
+from medkd_ext.errors import (
+    STAGE_ATTRIBUTE,
+    report,
+    root_cause,
+    transform_input,
+    user_message,
+    wait_for_pool_workers,
+)
 
 
 def _wrapped() -> RuntimeError:
@@ -52,52 +66,55 @@ def test_without_an_error_of_ours_the_innermost_is_named():
         assert user_message(error) == "ValueError: invalid literal for int() with base 10: 'abc'"
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("errors")
-    make_classification_demo(root / "data", seed=0, n_cases=16, n_test=4, size=32)
-    content = json.loads((root / "data" / "dataset.json").read_text())
-    content["training"][2]["image"] = "images/missing.png"
-    (root / "data" / "missing.json").write_text(json.dumps(content))
-    return root
+def test_an_error_of_ours_raised_from_another_of_ours_is_the_one_named(tmp_path):
+    """segmentation_datalists adds the source's index to load_datalist's error: the outer message is the one shown."""
+    from medkd_ext.data import segmentation_datalists
+
+    (tmp_path / "empty.json").write_text(json.dumps({"training": []}))
+    with pytest.raises(ValueError) as info:
+        segmentation_datalists(_segmentation_target(tmp_path), [tmp_path / "empty.json"])
+    try:
+        raise RuntimeError("Failed to evaluate ConfigExpression") from info.value
+    except RuntimeError as wrapped:
+        message = user_message(wrapped)
+    assert message.startswith(f"ValueError: source dataset 0 ({tmp_path / 'empty.json'}): datalist "), message
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "bundle, ids, expected",
-    [
-        (
-            "roskd_classification", ["--datalist", "{root}/data/missing.json"],
-            "the 'image' file {root}/data/images/missing.png does not exist",
-        ),
-        (
-            "attention_transfer_densenet", ["--dataset_dir", "{root}/data", "--max_epochs", "abc"],
-            "max_epochs = 'abc' is not an integer",
-        ),
-        ("joint_teacher_seg", ["--target_datalist", "{root}/nowhere.json"], "{root}/nowhere.json"),
-        (
-            "roskd_classification", ["--datalist", "{root}/data/dataset.json", "--train_teachers", "false"],
-            "stage 'student': FileNotFoundError: method 'roskd' needs the teacher checkpoint(s)",
-        ),
-    ],
-)
-def test_the_last_line_of_a_failed_run_names_the_problem(data, tmp_path, bundle, ids, expected):
-    """``python -m monai.bundle run`` as a user runs it: non-zero exit, the last line of the output names the problem
-    (not MONAI's wrapper), and what was already in ``ckpt_dir`` is untouched."""
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "model.pt").write_bytes(b"earlier weights")
-    command = [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", f"bundles/{bundle}/configs/train.json",
-        "--ckpt_dir", str(models), "--output_dir", str(tmp_path / "eval"),
-        *[i.format(root=data) for i in ids],
-    ]
-    result = subprocess.run(  # one stream, as `... 2>&1 | tail` shows it
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace",
-        timeout=600,
-    )
-    lines = result.stdout.strip().splitlines()
-    assert result.returncode != 0
-    assert lines[-1].startswith("ERROR ") and expected.format(root=data) in lines[-1], lines[-5:]
-    assert [p.name for p in models.iterdir()] == ["model.pt"]
-    assert (models / "model.pt").read_bytes() == b"earlier weights"
+def _segmentation_target(root):
+    image = root / "image.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), str(image))
+    (root / "target.json").write_text(json.dumps({"training": [{"image": "image.nii.gz", "label": "image.nii.gz"}]}))
+    return root / "target.json"
+
+
+def test_another_library_s_error_in_a_monai_transform_names_the_transform_and_file(tmp_path):
+    broken = tmp_path / "scan.nii.gz"
+    broken.write_bytes(b"\x1f\x8b" + bytes(30))  # a gzip header, then nothing readable
+    try:
+        Compose([LoadImaged("image", image_only=True)])({"image": str(broken), "label": 1, "patient": "P07"})
+    except RuntimeError as error:
+        assert transform_input(error) == f"LoadImaged on image '{broken}'"  # the label and patient are not files
+        message = user_message(error)
+    assert message.endswith(f" (in LoadImaged on image '{broken}')") and "\n" not in message
+    try:
+        raise ValueError("plain")
+    except ValueError as error:
+        assert transform_input(error) is None and user_message(error) == "ValueError: plain"
+
+
+def test_pool_workers_left_running_by_an_error_are_waited_for():
+    """An error in one case reaches the main thread while the pool's worker still loads the next one."""
+
+    def load(index):
+        if index == 0:
+            raise ValueError("bad case")
+        time.sleep(0.5)
+        return index
+
+    with pytest.raises(ValueError, match="bad case"):
+        with ThreadPool(1) as pool:
+            list(pool.imap(load, range(3)))
+    workers = [t for t in threading.enumerate() if isinstance(t, DummyProcess) and t.is_alive()]
+    assert workers  # still inside load(1)
+    wait_for_pool_workers(timeout=10)
+    assert not any(t.is_alive() for t in workers)

@@ -1,10 +1,12 @@
-"""Datalists, teacher subsets, simulated label noise and class imbalance, patient splits and demo data."""
+"""Datalists and the checks of the images they name, teacher subsets, simulated label noise and class imbalance,
+patient splits and demo data."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .datalist import check_files_exist, class_names, list_images, load_datalist, log_splits
+from .datalist import check_files_exist, check_image_files, class_names, list_images, load_datalist, log_splits
+from .imagefiles import IMAGE_SUFFIXES, check_image_file, dicom_files, is_dicom_file, is_image_file
 from .noise import LABEL_NOISE_MODES, apply_label_noise_to_items, inject_label_noise
 from .parts import ALL_CASES, datalist_part
 from .sampling import overlapping_subsets, patient_split, power_law_counts, power_law_imbalance
@@ -38,6 +40,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ALL_CASES",
+    "IMAGE_SUFFIXES",
     "datalist_part",
     "CLASSIFICATION_CLASS_NAMES",
     "DEMO_MANIFEST_NAME",
@@ -45,11 +48,16 @@ __all__ = [
     "SEGMENTATION_DOMAINS",
     "apply_label_noise_to_items",
     "check_files_exist",
+    "check_image_file",
+    "check_image_files",
     "class_names",
     "default_demo_root",
+    "dicom_files",
     "ensure_classification_demo",
     "ensure_segmentation_demo",
     "inject_label_noise",
+    "is_dicom_file",
+    "is_image_file",
     "list_images",
     "load_datalist",
     "log_splits",

@@ -11,7 +11,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_datalist", "check_files_exist", "class_names", "log_splits"]
+from medkd_ext.data.imagefiles import IMAGE_SUFFIXES, check_image_file, dicom_files, is_image_file
+
+__all__ = ["load_datalist", "check_files_exist", "check_image_files", "class_names", "list_images", "log_splits"]
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +185,7 @@ def load_datalist(
     ``image_key`` and ``label_key`` name the entries in the file; the returned items always use the MONAI data
     keys ``"image"`` and ``"label"`` that the bundles' transforms expect. ``class_columns`` only applies to CSV.
     Relative paths are resolved against ``base_dir``, by default the folder holding the datalist. Files are not
-    checked here; call :func:`check_files_exist` for that.
+    checked here; call :func:`check_image_files` (or :func:`check_files_exist`) for that.
 
     Args:
         path: the ``dataset.json`` or ``.csv`` file.
@@ -256,37 +258,90 @@ def check_files_exist(
         )
 
 
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg")
+def _paths(items: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[str]:
+    """The distinct path strings under ``keys`` of ``items``, in order (other values are skipped)."""
+    paths: dict[str, None] = {}
+    for item in items:
+        for key in keys:
+            value = item.get(key)
+            for p in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(p, (str, os.PathLike)):
+                    paths[os.fspath(p)] = None
+    return list(paths)
+
+
+def _check_readable(paths: Sequence[str | os.PathLike]) -> None:
+    """:func:`check_image_file` on every path; one ``ValueError``: the first problem, and how many files have one."""
+    problems = []
+    for path in paths:
+        try:
+            check_image_file(path)
+        except ValueError as error:
+            problems.append((os.fspath(path), error))
+    if problems:
+        path, error = problems[0]
+        if len(problems) == 1:
+            raise error
+        others = ", ".join(p for p, _ in problems[1:4]) + (", ..." if len(problems) > 4 else "")
+        raise ValueError(f"{error} {len(problems)} images in all are broken; the others: {others}.") from error
+
+
+def check_image_files(items: Sequence[dict[str, Any]], keys: Sequence[str] | str = ("image", "label")) -> None:
+    """Check that every image a datalist names exists and is whole, before any training time is spent.
+
+    :func:`check_files_exist`, then :func:`medkd_ext.data.imagefiles.check_image_file` on each path (NIfTI headers
+    and lengths, PNG/JPEG end markers, DICOM series slices: headers and file ends are read, not the images).
+
+    Args:
+        items: the cases, e.g. from :func:`load_datalist`.
+        keys: the entries to check in each case; values that are not paths (class labels) are skipped.
+
+    Raises:
+        FileNotFoundError: a path does not exist (as :func:`check_files_exist`).
+        ValueError: a broken image, named with what is wrong and what to do (and how many others are broken).
+    """
+    keys = (keys,) if isinstance(keys, str) else tuple(keys)
+    check_files_exist(items, keys)
+    _check_readable(_paths(items, keys))
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
     """The images of an inference folder: image files (NIfTI, NRRD, MHA, PNG, JPEG), folders holding one DICOM
-    series, or ``folder`` itself when it is one image file or holds one DICOM series. Sorted, as strings.
+    series (files named ``*.dcm`` or without suffix, see :func:`medkd_ext.data.imagefiles.is_dicom_file`), or
+    ``folder`` itself when it is one image file or holds one DICOM series. Sorted, as strings; every image is
+    checked to be whole (:func:`medkd_ext.data.imagefiles.check_image_file`) before any is processed.
 
     Raises:
         FileNotFoundError: ``folder`` does not exist.
-        ValueError: no image is found (the message lists what the folder holds).
+        ValueError: no image is found (the message lists what the folder holds), ``folder`` is a file that is not
+            an image, or an image is broken.
     """
     root = Path(folder)
     if not root.exists():
-        raise FileNotFoundError(f"image folder {root} does not exist; set `dataset_dir` or `dataset#data`.")
+        raise FileNotFoundError(
+            f"images {root} do not exist: give an image file or a folder of images (`input_dir` of the classification "
+            "bundles, `dataset_dir`, or the cases as `dataset#data`)."
+        )
+    formats = f"{', '.join(IMAGE_SUFFIXES)} files and DICOM series folders"
     if root.is_file():
-        return [str(root)]
-    if any(p.suffix.lower() == ".dcm" for p in root.iterdir() if p.is_file()):
-        return [str(root)]
-    found = []
-    for path in sorted(root.iterdir()):
-        name = path.name.lower()
-        if path.is_file() and name.endswith(_IMAGE_SUFFIXES):
-            found.append(str(path))
-        elif path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir() if p.is_file()):
-            found.append(str(path))
+        if not is_image_file(root):
+            raise ValueError(
+                f"{root} is not an image file (the bundles read {formats}); give an image file, or a folder "
+                "holding images."
+            )
+        found = [str(root)]
+    elif dicom_files(root):
+        found = [str(root)]
+    else:
+        found = [
+            str(p)
+            for p in sorted(root.iterdir())
+            if (p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)) or (p.is_dir() and dicom_files(p))
+        ]
     if not found:
         content = sorted(p.name for p in root.iterdir())[:10]
-        raise ValueError(
-            f"no image found in {root} (looked for {', '.join(_IMAGE_SUFFIXES)} files and DICOM series folders); "
-            f"it holds {content}."
-        )
+        raise ValueError(f"no image found in {root} (looked for {formats}); it holds {content}.")
+    _check_readable(found)
     return found
 
 

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from medkd_ext.data.datalist import check_files_exist, load_datalist
+from medkd_ext.data.datalist import check_image_files, load_datalist
 from medkd_ext.data.sampling import patient_split
 
 __all__ = ["ALL_CASES", "datalist_part"]
@@ -30,7 +30,7 @@ def datalist_part(
     The split is :func:`medkd_ext.data.patient_split` with the fractions in the order of ``fractions``, so every
     config that names the same ``fractions`` and ``seed`` sees the same parts (e.g. a teacher trained on
     ``"source"`` and a student trained on ``"train"``, both validated on ``"validation"``). Cases without a patient
-    id count as a patient each. The image files are checked to exist.
+    id count as a patient each. The image files are checked to exist and be whole (:func:`check_image_files`).
 
     Args:
         datalist: an MSD-style ``dataset.json`` or a CSV table (see :func:`medkd_ext.data.load_datalist`).
@@ -59,7 +59,7 @@ def datalist_part(
     if any(not math.isfinite(v) or v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
         raise ValueError(f"datalist_part: fractions {dict(fractions)} must be non-negative and sum to 1.")
     items = load_datalist(datalist, key=key, class_columns=class_columns)
-    check_files_exist(items, "image")
+    check_image_files(items, "image")
     if part == ALL_CASES:
         return items
     if values[names.index(part)] == 0:

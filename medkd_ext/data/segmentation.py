@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from medkd_ext.data.datalist import check_files_exist, load_datalist
+from medkd_ext.data.datalist import check_image_files, load_datalist
 
 __all__ = ["segmentation_datalists", "require_cases"]
 
@@ -34,7 +34,7 @@ def _labelled(path: Path, key: str) -> list[dict[str, Any]]:
             f"datalist {path}: the cases {unlabelled[:5]} under '{key}' have no 'label'; every training case of a "
             "segmentation dataset needs a label map."
         )
-    check_files_exist(items, keys=("image", "label"))
+    check_image_files(items, keys=("image", "label"))
     return items
 
 
@@ -43,8 +43,8 @@ def _test_cases(path: Path, key: str) -> tuple[list[dict[str, Any]], list[dict[s
     items = load_datalist(path, key=key)
     labelled = [item for item in items if "label" in item]
     unlabelled = [item for item in items if "label" not in item]
-    check_files_exist(labelled, keys=("image", "label"))
-    check_files_exist(unlabelled, keys=("image",))
+    check_image_files(labelled, keys=("image", "label"))
+    check_image_files(unlabelled, keys=("image",))
     if unlabelled:
         logger.info(
             "datalist %s: %d of the %d cases under '%s' have no label; they are left out of the evaluation "
@@ -74,7 +74,7 @@ def segmentation_datalists(
     The target's ``"training"`` cases are split into train and validation (``val_fraction`` of the cases, at least
     one when the fraction is positive and there are two cases or more; or the datalist's own ``"validation"`` list
     when it has one). Its ``"test"`` cases, if labelled, are the held-out evaluation set. Every file is checked
-    to exist before any training starts.
+    to exist and be whole (:func:`~medkd_ext.data.check_image_files`) before any training starts.
 
     Args:
         target_datalist: MSD ``dataset.json`` (or CSV) of the target dataset.

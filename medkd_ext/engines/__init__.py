@@ -19,13 +19,16 @@ from medkd_ext.engines.distillation import (
     loss_parameters,
     loss_terms_output,
 )
-from medkd_ext.engines.multihead import MultiHeadTrainer, RoundRobin
+from medkd_ext.engines.multihead import DatasetRounds, MultiHeadTrainer
 from medkd_ext.engines.settings import check_recorded, recorded, save_settings, settings_path
 from medkd_ext.engines.stages import (
     Stage,
     as_flag,
     check_override_types,
     check_stage_output,
+    check_writable,
+    completion_path,
+    current_config,
     for_each,
     load_stage_output,
     locate_bundle,
@@ -50,6 +53,9 @@ __all__ = [
     "check_recorded",
     "check_override_types",
     "check_stage_output",
+    "check_writable",
+    "current_config",
+    "completion_path",
     "recorded",
     "save_settings",
     "settings_path",
@@ -64,5 +70,5 @@ __all__ = [
     "locate_bundle",
     "loss_parameters",
     "MultiHeadTrainer",
-    "RoundRobin",
+    "DatasetRounds",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
@@ -23,7 +24,7 @@ class DomainAdversarialTrainer(SupervisedTrainer):
     """Segmentation of a source domain with domain-adversarial adaptation to a target domain.
 
     Each iteration takes a source batch from ``train_data_loader`` and a target batch from ``target_data_loader``
-    (cycled when exhausted) and minimises
+    and minimises
 
     ``L = L_seg(source) + r * L_seg(target) + domain_weight * L_disc``
 
@@ -32,6 +33,10 @@ class DomainAdversarialTrainer(SupervisedTrainer):
     (``medkd_ext.networks.DomainDiscriminator``), so minimising ``L_disc`` trains the discriminator and makes the
     encoder features domain-invariant; schedule its lambda with ``medkd_ext.handlers.DANNLambdaHandler``.
     ``r = 0`` is the unsupervised-adaptation ablation: target labels are not used (nor required).
+
+    Every epoch starts a new pass over the target loader (reshuffled, cycled within the epoch when it is shorter
+    than the source loader), so an epoch depends only on the random state at its start, which is what a resumed
+    run restores (:class:`medkd_ext.handlers.TrainingState`).
 
     ``engine.state.output`` holds ``image``/``label``/``pred`` of the source batch, ``loss``, and the terms
     ``seg_source``, ``seg_target``, ``disc`` and ``domain_acc`` (the discriminator's accuracy on the batch).
@@ -86,6 +91,7 @@ class DomainAdversarialTrainer(SupervisedTrainer):
         self.domain_weight = float(domain_weight)
         self.taps = FeatureTaps(network, [feature_layer])
         self.feature_layer = feature_layer
+        self.add_event_handler(Events.EPOCH_STARTED, self._restart_target)
         optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
         if any(id(p) not in optimised for p in self.discriminator.parameters() if p.requires_grad):
             raise ValueError(
@@ -101,6 +107,9 @@ class DomainAdversarialTrainer(SupervisedTrainer):
     @target_data_loader.setter
     def target_data_loader(self, loader: Iterable) -> None:
         self._target_batches = LoaderCycle(loader, "DomainAdversarialTrainer: the target loader")
+
+    def _restart_target(self, engine: DomainAdversarialTrainer) -> None:
+        engine._target_batches.restart()
 
     def _forward(self, engine: DomainAdversarialTrainer, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pred = engine.inferer(inputs, engine.network)

@@ -163,7 +163,9 @@ def unfreeze_last_layers(network: nn.Module, num_layers: int | None = None) -> l
     convolutions and the classifier). Every parameter registered from the ``num_layers``-th layer from the end
     onwards (those layers and the normalisation layers among and after them) is trainable, the rest frozen:
     the attention-transfer paper's transfer-learning baseline unfreezes the last 34 layers of DenseNet-121
-    (transition 3, dense block 4 and the classifier). ``None`` makes every parameter trainable.
+    (transition 3, dense block 4 and the classifier). ``None`` makes every parameter trainable. The BatchNorm
+    layers before them are frozen as well: their running statistics are kept (they run in eval mode even when the
+    trainer puts the network in training mode), so the frozen part computes what it computed before training.
 
     Args:
         network: the network, possibly wrapped.
@@ -193,4 +195,24 @@ def unfreeze_last_layers(network: nn.Module, num_layers: int | None = None) -> l
             param.requires_grad_(i >= first)
             if i >= first:
                 trainable.append(param)
+        if isinstance(module, _NORM_TYPES):
+            _keep_statistics_frozen(module, frozen=i < first)
     return trainable
+
+
+_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def _eval_mode(module: nn.Module, args: tuple) -> None:
+    """Forward pre-hook of a frozen normalisation layer: it normalises with its running statistics and does not
+    update them, whatever ``train()`` the trainer called on the network."""
+    module.training = False
+
+
+def _keep_statistics_frozen(module: nn.Module, frozen: bool) -> None:
+    handle = getattr(module, "_medkd_frozen_statistics", None)
+    if handle is not None:
+        handle.remove()
+        module._medkd_frozen_statistics = None
+    if frozen:
+        module._medkd_frozen_statistics = module.register_forward_pre_hook(_eval_mode)

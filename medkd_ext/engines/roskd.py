@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medkd_ext.data.datalist import check_files_exist, load_datalist
+from medkd_ext.data.datalist import check_image_files, load_datalist
 from medkd_ext.data.noise import apply_label_noise_to_items
 from medkd_ext.data.sampling import overlapping_subsets, patient_split
 from medkd_ext.engines.distillation import ALL_TEACHERS, LABEL, LossTerm
@@ -234,10 +234,11 @@ def prepare_training_items(
     """Check the labelled cases, split off a validation set and corrupt the training labels.
 
     Labels are checked first (integer class indices in ``[0, C)``, or multi-hot lists of length ``C``), and the
-    files are checked to exist, so that a bad datalist fails before any training. The validation set is drawn by
-    patient when every case has a ``"patient"`` entry (``patient_split``), else by case. Symmetric label noise at
-    ``noise_rate`` is then injected into the training split only (``apply_label_noise_to_items``; the original label
-    is kept under ``"clean_label"``), as in the paper's noisy-label setting.
+    image files are checked to exist and be whole (``check_image_files``), so that a bad datalist fails before any
+    training. The validation set is drawn by patient when every case has a ``"patient"`` entry (``patient_split``),
+    else by case. Symmetric label noise at ``noise_rate`` is then injected into the training split only
+    (``apply_label_noise_to_items``; the original label is kept under ``"clean_label"``), as in the paper's
+    noisy-label setting.
 
     Args:
         items: the labelled cases (the datalist's ``"training"`` list).
@@ -255,7 +256,7 @@ def prepare_training_items(
     if not items:
         raise ValueError("the datalist has no training case.")
     _check_labels(items, num_classes, multi_label)
-    check_files_exist(items, keys=("image",))
+    check_image_files(items, keys=("image",))
     if not 0.0 <= float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
     if not 0.0 <= float(noise_rate) <= 1.0:
@@ -335,5 +336,5 @@ def evaluation_items(
     """
     items = load_datalist(datalist, key=key, class_columns=class_columns)
     _check_labels(items, num_classes, multi_label)
-    check_files_exist(items, keys=("image",))
+    check_image_files(items, keys=("image",))
     return items

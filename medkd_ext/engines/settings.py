@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from medkd_ext.networks.checkpoint import file_sha256, record_path
+
 __all__ = ["check_recorded", "recorded", "save_settings", "settings_path"]
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,7 @@ _NO_DEFAULT = object()
 
 def settings_path(ckpt_file: str | os.PathLike) -> Path:
     """The record beside a checkpoint: ``models/model.pt`` -> ``models/model.json``."""
-    return Path(ckpt_file).with_suffix(".json")
+    return record_path(ckpt_file)
 
 
 def _plain(value: Any) -> Any:
@@ -46,6 +48,9 @@ def _plain(value: Any) -> Any:
 def save_settings(ckpt_file: str | os.PathLike, *settings: Mapping[str, Any]) -> Path:
     """Write ``settings`` (dicts of id -> resolved value, merged) beside ``ckpt_file``, atomically; return the file.
 
+    The record also holds ``ckpt_file``'s SHA-256 (``"sha256"``) when the file exists, which
+    :func:`medkd_ext.networks.load_state_dict` checks at every load: call this once the checkpoint is final.
+
     Raises:
         TypeError: a value that JSON cannot hold (the message names the id).
     """
@@ -61,6 +66,8 @@ def save_settings(ckpt_file: str | os.PathLike, *settings: Mapping[str, Any]) ->
         except TypeError as error:
             raise TypeError(f"save_settings: '{key}' = {value!r} cannot be recorded as JSON ({error}).") from error
         content[key] = plain
+    if Path(ckpt_file).is_file():
+        content["sha256"] = file_sha256(ckpt_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")

@@ -19,9 +19,11 @@ A stage names its outputs (checkpoints) in one place, its :class:`Stage` entry; 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,13 +38,16 @@ from torch import nn
 
 from medkd_ext.engines.settings import check_recorded
 from medkd_ext.errors import STAGE_ATTRIBUTE
-from medkd_ext.networks.checkpoint import load_state_dict
+from medkd_ext.handlers.resume import config_differences, state_path
+from medkd_ext.networks.checkpoint import file_sha256, load_state_dict
 
 __all__ = [
     "Stage",
     "as_flag",
     "check_override_types",
     "check_stage_output",
+    "check_writable",
+    "completion_path",
     "current_config",
     "for_each",
     "load_stage_output",
@@ -86,7 +91,9 @@ class Stage:
         ids: id -> raw config value set after the overlays (e.g. ``{"source_index": 1}``).
         outputs: files the stage writes; checked to exist after it ran, and named to a later stage that lacks them.
         enabled: a stage that is not enabled is skipped (``true``/``false``, also as command-line strings).
-        reuse_outputs: skip the stage when every output exists already (a teacher trained once and reused).
+        reuse_outputs: skip the stage when every output exists already (a teacher trained once, or given by the user,
+            and reused), unless a training state beside them shows that the stage was interrupted
+            (:func:`medkd_ext.handlers.state_path`): then it runs again, or continues with ``--resume true``.
     """
 
     name: str
@@ -272,12 +279,96 @@ def check_override_types(config: Mapping[str, Any], defaults_file: str | os.Path
         raise TypeError(f"wrong value type in the ids given to {path}: " + "; ".join(wrong) + ".")
 
 
+def completion_path(output: str | os.PathLike) -> Path:
+    """Where :func:`run_stages` records that the stage writing ``output`` finished: ``models/model.pt`` ->
+    ``models/state/model.done.json`` (beside the stage's training state, :func:`medkd_ext.handlers.state_path`)."""
+    return state_path(output).with_suffix(".done.json")
+
+
+def _resume_flag(config: Mapping[str, Any]) -> bool:
+    value = config.get("resume", False)
+    if isinstance(value, str) and value[:1] in ("$", "@", "%"):
+        raise ValueError(f"resume must be true or false, not an expression ({value!r}).")
+    return as_flag(value, "resume")
+
+
+def _record_completion(stage: Stage, config: Mapping[str, Any]) -> None:
+    """After ``stage`` finished: record its config and its outputs' SHA-256; remove its training state."""
+    if not stage.outputs:
+        return
+    record = {
+        "stage": stage.name,
+        "config": json.loads(json.dumps(dict(config), default=str)),
+        "outputs": {os.path.basename(o): file_sha256(o) for o in stage.outputs},
+    }
+    path = completion_path(stage.outputs[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    for output in stage.outputs:
+        state = state_path(output)
+        if state.is_file():
+            state.unlink()
+
+
+def _completed(stage: Stage, config: Mapping[str, Any]) -> str | None:
+    """Why ``stage`` must run again (``None``: it finished with this config and its outputs are as it wrote them)."""
+    if not stage.outputs:
+        return "it writes no file to check"
+    path = completion_path(stage.outputs[0])
+    if not path.is_file():
+        return f"no record of it finishing ({path})"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        recorded_outputs, recorded_config = record["outputs"], record["config"]
+    except (ValueError, KeyError, TypeError):
+        return f"its record {path} cannot be read"
+    differences = config_differences(recorded_config, config)
+    if differences:
+        return "it ran with other settings (" + "; ".join(differences[:3]) + ")"
+    for output in stage.outputs:
+        if not Path(output).is_file():
+            return f"{output} is missing"
+        if recorded_outputs.get(os.path.basename(output)) != file_sha256(output):
+            return f"{output} is not the file it wrote"
+    return None
+
+
+def check_writable(folders: Mapping[str, str | os.PathLike]) -> None:
+    """Create each folder if needed and check that a file can be written in it, before any stage trains.
+
+    Args:
+        folders: id -> folder, e.g. ``{"ckpt_dir": @ckpt_dir, "output_dir": @output_dir}``.
+
+    Raises:
+        PermissionError: naming the id and the folder, for the first one that cannot be written.
+    """
+    for key, folder in folders.items():
+        path = Path(folder)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(dir=path, prefix=".write-check-")
+            os.close(handle)
+            os.remove(name)
+        except OSError as error:
+            raise PermissionError(
+                f"cannot write to {key} '{folder}' ({error.strerror or error}): give --{key} a folder you can write."
+            ) from error
+
+
 def run_stages(
     stages: Iterable[Stage | Iterable[Stage]],
     config_dir: str | os.PathLike,
     base_config: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """Run ``stages`` in order, each a ``ConfigWorkflow`` over the running workflow's config plus its overlays.
+
+    With ``resume`` true in the config (``--resume true``), a stage that finished before with the same config (ids
+    other than :data:`medkd_ext.handlers.resume.RUN_ONLY_IDS`) and whose outputs still have the SHA-256 it recorded
+    (:func:`completion_path`) is skipped; the others run with ``resume``, so an interrupted stage continues from its
+    last saved epoch (:class:`medkd_ext.handlers.TrainingState`). After a stage finishes, its completion is recorded
+    and its training state removed.
 
     Args:
         stages: :class:`Stage` objects or lists of them (as :func:`for_each` returns).
@@ -293,6 +384,7 @@ def run_stages(
     """
     base = current_config() if base_config is None else base_config
     check_override_types(base, Path(config_dir) / "train.json")
+    resume = _resume_flag(base)
     times: dict[str, float] = {}
     for stage in _flatten(stages):
         if not stage.enabled:
@@ -300,9 +392,21 @@ def run_stages(
             times[stage.name] = 0.0
             continue
         if stage.reuse_outputs and stage.outputs and all(Path(o).is_file() for o in stage.outputs):
-            logger.info("stage %s skipped: its outputs %s exist", stage.name, stage.outputs)
-            times[stage.name] = 0.0
-            continue
+            interrupted = [str(state_path(o)) for o in stage.outputs if state_path(o).is_file()]
+            if not interrupted:
+                logger.info("stage %s skipped: its outputs %s exist", stage.name, stage.outputs)
+                times[stage.name] = 0.0
+                continue
+            logger.info("stage %s runs although its outputs exist: it was interrupted (%s)", stage.name, interrupted)
+        config = stage_config(base, stage, config_dir)
+        if resume:
+            reason = _completed(stage, config)
+            if reason is None:
+                logger.info("stage %s skipped (--resume true): it finished with these settings, its outputs %s are "
+                            "as it wrote them", stage.name, stage.outputs)
+                times[stage.name] = 0.0
+                continue
+            logger.info("stage %s runs (--resume true): %s", stage.name, reason)
         logger.info("running stage %s", stage.name)
         start = time.perf_counter()
         try:
@@ -319,6 +423,7 @@ def run_stages(
         missing = [o for o in stage.outputs if not Path(o).is_file()]
         if missing:
             raise RuntimeError(f"stage '{stage.name}' finished without writing {missing}; see its log above.")
+        _record_completion(stage, config)
     return times
 
 

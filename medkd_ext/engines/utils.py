@@ -60,7 +60,7 @@ class LoaderCycle:
 
     Args:
         loader: any re-iterable of batches (a ``DataLoader``, a list).
-        name: how the loader is named in the error message, e.g. ``"RoundRobin: loader 1"``.
+        name: how the loader is named in the error message, e.g. ``"DatasetRounds: loader 1"``.
 
     Raises:
         ValueError: from ``next()``, when the loader yields no batch even right after a restart.

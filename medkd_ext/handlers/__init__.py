@@ -1,18 +1,23 @@
 """Ignite handlers: smooth parameter averaging and training schedules."""
 
 from medkd_ext.handlers.averaging import SmoothAveragingHandler, recompute_batchnorm
-from medkd_ext.handlers.checkpoint import BestStateDictSaver, StateDictSaver
+from medkd_ext.handlers.checkpoint import BestStateDictSaver, StateDictSaver, ValidationProtocol
+from medkd_ext.handlers.nonfinite import NonFiniteLossError, StopOnNonFiniteLoss
 from medkd_ext.handlers.reports import (
     ClassificationReportHandler,
     ProbabilityWriter,
     SegmentationReportHandler,
     source_filename,
 )
+from medkd_ext.handlers.resume import TrainingState, state_path
 from medkd_ext.handlers.schedules import DANNLambdaHandler, DecayHandler, RampHandler, decay_value, ramp_value
 
 __all__ = [
     "StateDictSaver",
     "BestStateDictSaver",
+    "ValidationProtocol",
+    "StopOnNonFiniteLoss",
+    "NonFiniteLossError",
     "ClassificationReportHandler",
     "SegmentationReportHandler",
     "ProbabilityWriter",
@@ -24,4 +29,6 @@ __all__ = [
     "DANNLambdaHandler",
     "ramp_value",
     "decay_value",
+    "TrainingState",
+    "state_path",
 ]

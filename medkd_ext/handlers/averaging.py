@@ -138,6 +138,22 @@ class SmoothAveragingHandler:
                 b_avg.mul_(n).add_(b.to(b_avg.device)).div_(n + 1)
         self.num_averaged = n + 1
 
+    def state_dict(self) -> dict:
+        """``M_smooth`` and the number of epochs in it, to resume (:class:`~medkd_ext.handlers.TrainingState`)."""
+        averaged = self.averaged_network.state_dict() if self.averaged_network is not None else {}
+        return {"num_averaged": self.num_averaged, "averaged": averaged}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (``M_smooth`` a copy of ``network`` holding the saved values)."""
+        self.num_averaged = int(state["num_averaged"])
+        if not state["averaged"]:
+            self.averaged_network = None
+            return
+        self.averaged_network = copy.deepcopy(self.network)
+        for p in self.averaged_network.parameters():
+            p.requires_grad_(False)
+        self.averaged_network.load_state_dict(state["averaged"])
+
     def epoch_completed(self, engine: Engine) -> None:
         if engine.state.epoch > self.warmup_epochs:
             self.update()

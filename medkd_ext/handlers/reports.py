@@ -102,6 +102,10 @@ class SegmentationReportHandler:
 
     Predictions and labels are taken from the engine output (decollated per case; label maps ``(1, *spatial)``
     or one-hot ``(C, *spatial)``), case ids and voxel spacing from the label's metadata, so HD95 is in mm.
+    Every case counts (:class:`~medkd_ext.metrics.segmentation.SegmentationReport`): an empty prediction or an
+    empty reference scores IoU, DSC and Precision 0 and HD95 the image diagonal in mm (Recall 0 for an empty
+    prediction, undefined and left out for an empty reference), both empty score 1 and HD95 0; the mean rows
+    give per class ``n_cases``, ``n_empty_prediction``, ``n_empty_reference`` and ``n_both_empty``.
 
     Args:
         output_dir: folder of ``<prefix>.csv`` and ``<prefix>.md``.

@@ -21,9 +21,10 @@ def ramp_value(
     """Curriculum value for the epoch of index ``epoch`` (0-based: the number of epochs completed before it).
 
     ``0`` for the first ``warmup`` epochs, then a rise from ``start_value`` to ``max_value`` over the next ``ramp``
-    epochs, linear or along a half cosine: epoch ``warmup + i`` (``i = 0 .. ramp-1``) gets
-    ``start_value + (max_value - start_value) * f((i + 1) / ramp)`` with ``f(x) = x`` or ``(1 - cos(pi x)) / 2``,
-    so the last ramp epoch reaches ``max_value``, which holds afterwards. ``ramp=0`` jumps to ``max_value``.
+    epochs, linear or along a half cosine: epoch ``warmup + i`` gets
+    ``start_value + (max_value - start_value) * f(min(1, i / ramp))`` with ``f(x) = x`` or ``(1 - cos(pi x)) / 2``,
+    i.e. ``c(t) = min(1, max(0, (t - warmup) / ramp))`` scaled: the first epoch after the warm-up is at
+    ``start_value`` and ``max_value`` holds from epoch ``warmup + ramp`` on. ``ramp=0`` jumps to ``max_value``.
     """
     if mode not in ("linear", "cosine"):
         raise ValueError(f"ramp mode must be 'linear' or 'cosine', got {mode!r}.")
@@ -33,7 +34,7 @@ def ramp_value(
         return 0.0
     if ramp == 0:
         return float(max_value)
-    progress = min(1.0, (epoch - warmup + 1) / ramp)
+    progress = min(1.0, (epoch - warmup) / ramp)
     if mode == "cosine":
         progress = 0.5 * (1.0 - math.cos(math.pi * progress))
     return float(start_value + (max_value - start_value) * progress)
@@ -116,7 +117,7 @@ class RampHandler(_EpochSchedule):
         term: name (or list of names) of loss terms of the engine this handler is attached to.
         target: object whose ``attribute`` is set (when ``term`` is not given).
         attribute: attribute name; ``"weight"`` by default.
-        start_value: value at the first epoch after the warm-up.
+        start_value: value at the first epoch after the warm-up (``max_value`` is reached ``ramp`` epochs later).
     """
 
     def __init__(

@@ -21,7 +21,9 @@ def _soft_kl(student: torch.Tensor, teacher_prob: torch.Tensor, temperature: flo
 
 
 def _bernoulli_kl(student: torch.Tensor, teacher_prob: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Per-class ``KL(Bern(q) || Bern(sigmoid(student / T)))`` summed over dim 1, averaged over batch/spatial."""
+    """Per-class ``KL(Bern(q) || Bern(sigmoid(student / T)))`` averaged over classes (dim 1), batch and spatial
+    positions: the reduction of ``BCEWithLogitsLoss``, the supervised term it is weighed against (``alpha``), so that
+    the balance of the two terms does not change with the number of classes."""
     z = student / temperature
     # log(p) = logsigmoid(z), log(1 - p) = logsigmoid(-z): stable for large |z|
     kl = (
@@ -30,7 +32,7 @@ def _bernoulli_kl(student: torch.Tensor, teacher_prob: torch.Tensor, temperature
         - teacher_prob * F.logsigmoid(z)
         - (1.0 - teacher_prob) * F.logsigmoid(-z)
     )
-    return kl.sum(dim=1).mean()
+    return kl.mean()
 
 
 class KDLoss(nn.Module):
@@ -39,7 +41,10 @@ class KDLoss(nn.Module):
     ``T^2 * KL(softmax(t / T) || softmax(s / T))`` with the class dimension 1, summed over classes and averaged
     over the batch and all spatial positions (the softened softmax is eq. 1 of the paper; the ``T^2`` factor keeps
     the gradient scale independent of ``T``). With ``multi_label=True`` each class is an independent Bernoulli
-    variable: ``T^2 * sum_c KL(Bern(sigmoid(t_c / T)) || Bern(sigmoid(s_c / T)))``, same reduction.
+    variable: ``T^2 * mean_c KL(Bern(sigmoid(t_c / T)) || Bern(sigmoid(s_c / T)))``, averaged over the batch and
+    spatial positions too: the classes are averaged as ``BCEWithLogitsLoss`` averages them (a multi-label extension; the
+    papers define only the softmax loss), so a weight between this term and BCE means the same for any number of
+    classes, as it does between the softmax KL and cross-entropy.
 
     Gradients never reach the teacher input, which is a pure target.
 
@@ -79,7 +84,7 @@ class MultiTeacherKDLoss(nn.Module):
     ``weighting="uniform"`` (the paper's Baseline III): ``T^2 * KL(mean_m q_m || p)``, i.e. ``w_m = 1 / K``
     applied to the teachers' averaged distribution. Each KL is summed over classes and averaged over the batch and
     spatial positions. With ``multi_label=True``, ``q_m = sigmoid(t_m / T)``, ``p = sigmoid(s / T)`` and KL is the
-    per-class Bernoulli KL summed over classes.
+    per-class Bernoulli KL averaged over classes, as ``BCEWithLogitsLoss`` averages them (see :class:`KDLoss`).
 
     The weights used by the last call are kept in ``last_weights`` (tensor ``(K,)``, on the student's device) for
     logging. Gradients never reach the teacher inputs.

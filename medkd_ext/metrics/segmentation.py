@@ -4,10 +4,21 @@ The joint-teacher bundle (Ceausescu et al., Table 2) reports IoU, DSC, Recall, P
 dataset. ``SegmentationReport`` accumulates one row per (case, class) so that an evaluator handler or a
 script can write the table as CSV and Markdown; ``segmentation_report`` is the one-shot form.
 
-Empty masks: a metric that is undefined for a case is reported as ``nan`` and left out of the means
-(``nanmean``); the means say how many cases were left out. With an empty label, IoU, DSC and recall are
-undefined; with an empty prediction, precision is; HD95 is undefined when either mask is empty (MONAI
-returns ``inf`` or ``nan`` there).
+Empty masks: every case counts. Per (case, class), with the prediction ``P`` and the reference (label) ``R``
+of that class:
+
+- ``P`` empty, ``R`` not (a missed structure, ``empty="prediction"``): IoU, DSC, Recall and Precision are 0 and
+  HD95 is the image diagonal;
+- ``R`` empty, ``P`` not (a false alarm, ``empty="reference"``): IoU, DSC and Precision are 0, HD95 is the image
+  diagonal and Recall is undefined (``nan``, left out of the Recall mean and counted in ``Recall_nan``);
+- both empty (``empty="both"``): IoU, DSC, Recall and Precision are 1 and HD95 is 0;
+- neither empty (``empty="none"``): the ``monai.metrics`` values.
+
+The image diagonal is that of the case's image extent, ``sqrt(sum_i (shape_i * spacing_i)^2)``: in mm when
+``spacing`` is given, in voxels otherwise (as HD95 itself); it exceeds every distance between two voxels of the
+image, so it bounds the HD95 of any two non-empty masks. A missed structure thus scores the worst value of every
+metric instead of leaving the means (where it would improve the mean HD95), and the reports say how many cases
+fell in each group (``n_cases``, ``n_empty_prediction``, ``n_empty_reference``, ``n_both_empty``), per class.
 """
 
 from __future__ import annotations
@@ -30,9 +41,15 @@ from monai.metrics import (
 )
 from monai.networks.utils import one_hot
 
-__all__ = ["SEGMENTATION_METRICS", "SegmentationReport", "segmentation_report"]
+__all__ = ["SEGMENTATION_COUNTS", "SEGMENTATION_METRICS", "SegmentationReport", "segmentation_report"]
 
 SEGMENTATION_METRICS: tuple[str, ...] = ("IoU", "DSC", "Recall", "Precision", "HD95")
+SEGMENTATION_COUNTS: tuple[str, ...] = ("n_cases", "n_empty_prediction", "n_empty_reference", "n_both_empty")
+"""The counts of :meth:`SegmentationReport.means`: rows averaged, and those with an empty prediction, an empty
+reference, or both empty."""
+
+# the value of a row's "empty" -> the count it adds to
+_EMPTY_COUNTS = {"prediction": "n_empty_prediction", "reference": "n_empty_reference", "both": "n_both_empty"}
 
 SpacingLike = float | Sequence[float] | Sequence[Sequence[float]] | None
 
@@ -104,6 +121,19 @@ def _spacing_per_case(spacing: SpacingLike, batch_size: int, spatial_dims: int) 
     return per_case
 
 
+def _image_diagonal(spatial_shape: Sequence[int], spacing: tuple[float, ...] | None) -> float:
+    """``sqrt(sum_i (shape_i * spacing_i)^2)``: the diagonal of the image extent, in mm (voxels without spacing)."""
+    spacing = spacing if spacing is not None else (1.0,) * len(spatial_shape)
+    return math.sqrt(sum((n * s) ** 2 for n, s in zip(spatial_shape, spacing, strict=True)))
+
+
+def _empty_mask(pred_empty: bool, ref_empty: bool) -> str:
+    """Which mask of a (case, class) is empty: ``"none"``, ``"prediction"``, ``"reference"`` or ``"both"``."""
+    if pred_empty:
+        return "both" if ref_empty else "prediction"
+    return "reference" if ref_empty else "none"
+
+
 def _case_ids_from_meta(x: torch.Tensor, batch_size: int) -> list[str] | None:
     meta = getattr(x, "meta", None)
     if not isinstance(meta, dict):
@@ -138,8 +168,18 @@ class SegmentationReport:
     ``monai.metrics`` (``compute_iou``, ``compute_dice``, ``get_confusion_matrix`` + ``"sensitivity"`` /
     ``"precision"``, ``compute_hausdorff_distance(percentile=95)``, symmetric, Euclidean).
 
-    Empty masks give ``nan`` for the undefined metrics (see the module docstring); :meth:`means` averages with
-    ``nanmean`` and reports, per metric, how many rows were left out.
+    Every case counts, empty masks included (per class):
+
+    - empty prediction, non-empty reference: IoU, DSC, Recall and Precision 0, HD95 the image diagonal;
+    - non-empty prediction, empty reference: IoU, DSC and Precision 0, HD95 the image diagonal, Recall ``nan``
+      (undefined: left out of the Recall mean and counted);
+    - both empty: IoU, DSC, Recall and Precision 1, HD95 0.
+
+    The image diagonal is ``sqrt(sum_i (shape_i * spacing_i)^2)`` over the spatial shape of the case, in mm when
+    ``spacing`` is given (in voxels otherwise). Each row says which mask was empty (``"empty"``); :meth:`means`
+    averages with ``nanmean``, reports per metric how many rows were left out (``"<metric>_nan"``, only Recall
+    can have any) and counts the rows of each group (``n_cases``, ``n_empty_prediction``, ``n_empty_reference``,
+    ``n_both_empty``).
 
     Args:
         num_classes: number of classes including background (``>= 2``).
@@ -188,11 +228,12 @@ class SegmentationReport:
             label: ground truth in either form, same batch and spatial shape as ``pred``.
             case_id: one id per case (a string when ``B == 1``). When omitted, the file names in the label's (or
                 the prediction's) MetaTensor ``meta["filename_or_obj"]`` are used, else ``"case_<n>"``.
-            spacing: voxel size in mm, making HD95 a distance in mm (else in voxels): a number (isotropic), one
-                value per spatial dim, or one such sequence per case.
+            spacing: voxel size in mm, making HD95 (and the image diagonal given for an empty mask) a distance in
+                mm (else in voxels): a number (isotropic), one value per spatial dim, or one such sequence per case.
 
         Returns:
-            The rows added, one per (case, class).
+            The rows added, one per (case, class): ``{"case", "class", "IoU", "DSC", "Recall", "Precision",
+            "HD95", "empty"}``, ``"empty"`` one of ``"none"``, ``"prediction"``, ``"reference"``, ``"both"``.
         """
         y_pred = _to_one_hot(pred, self.num_classes, "pred")
         y = _to_one_hot(label, self.num_classes, "label")
@@ -213,7 +254,7 @@ class SegmentationReport:
         recall = compute_confusion_matrix_metric("sensitivity", confusion)
         precision = compute_confusion_matrix_metric("precision", confusion)
         with warnings.catch_warnings():
-            # empty masks are expected here; they become nan and are counted by means()
+            # empty masks are expected here; their HD95 is replaced below
             warnings.filterwarnings("ignore", message=".* is all 0, this may result in nan/inf distance")
             warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
             hd95 = torch.stack(
@@ -228,26 +269,30 @@ class SegmentationReport:
                     for b in range(batch_size)
                 ]
             )
-        hd95 = torch.where(torch.isfinite(hd95), hd95, torch.full_like(hd95, float("nan")))
-        # HD95 is undefined when either mask is empty, whatever MONAI returns for that class
-        either_empty = (y.flatten(2).sum(-1) == 0) | (y_pred.flatten(2).sum(-1) == 0)
-        if not self.include_background:
-            either_empty = either_empty[:, 1:]
-        hd95 = torch.where(either_empty.to(hd95.device), torch.full_like(hd95, float("nan")), hd95)
-
-        values = {
-            "IoU": iou,
-            "DSC": dsc,
-            "Recall": recall,
-            "Precision": precision,
-            "HD95": hd95,
-        }
+        values = {"IoU": iou, "DSC": dsc, "Recall": recall, "Precision": precision, "HD95": hd95}
         values = {k: v.detach().double().cpu() for k, v in values.items()}
+
+        # every case counts: MONAI leaves the metrics of an empty mask nan (or inf), set them by convention
+        first = 0 if self.include_background else 1
+        pred_empty = (y_pred.flatten(2).sum(-1) == 0)[:, first:].cpu()
+        ref_empty = (y.flatten(2).sum(-1) == 0)[:, first:].cpu()
+        both, missed, false_alarm = pred_empty & ref_empty, pred_empty & ~ref_empty, ~pred_empty & ref_empty
+        one_empty = missed | false_alarm
+        diagonal = torch.tensor([_image_diagonal(y.shape[2:], s) for s in spacings], dtype=torch.float64)
+        diagonal = diagonal.unsqueeze(1).expand_as(values["HD95"])
+        for m in ("IoU", "DSC", "Precision"):
+            values[m] = values[m].masked_fill(one_empty, 0.0)
+        values["Recall"] = values["Recall"].masked_fill(missed, 0.0).masked_fill(false_alarm, float("nan"))
+        for m in ("IoU", "DSC", "Recall", "Precision"):
+            values[m] = values[m].masked_fill(both, 1.0)
+        values["HD95"] = torch.where(one_empty, diagonal, values["HD95"]).masked_fill(both, 0.0)
+
         added = []
         for b in range(batch_size):
             for j, c in enumerate(self.classes):
                 row: dict[str, Any] = {"case": ids[b], "class": c}
                 row.update({m: float(values[m][b, j]) for m in SEGMENTATION_METRICS})
+                row["empty"] = _empty_mask(bool(pred_empty[b, j]), bool(ref_empty[b, j]))
                 added.append(row)
         self._rows.extend(added)
         return added
@@ -269,14 +314,21 @@ class SegmentationReport:
         return ids
 
     def rows(self) -> list[dict[str, Any]]:
-        """Per-case rows ``{"case", "class", "IoU", "DSC", "Recall", "Precision", "HD95"}`` in update order."""
+        """Per-case rows ``{"case", "class", "IoU", "DSC", "Recall", "Precision", "HD95", "empty"}`` in update order.
+
+        ``"empty"`` says which mask of that class was empty: ``"none"``, ``"prediction"``, ``"reference"`` or
+        ``"both"`` (the conventions for each are in the class docstring).
+        """
         return [dict(r) for r in self._rows]
 
     def means(self) -> list[dict[str, Any]]:
         """Means over cases, one row per class and a last row ``class="all"`` pooling every (case, class) row.
 
-        Each row holds ``"class"``, ``"cases"`` (number of rows averaged), the ``nanmean`` of every metric
-        (``nan`` when no row defines it) and ``"<metric>_nan"``: how many rows were ``nan`` and left out.
+        Each row holds ``"class"``, the ``nanmean`` of every metric (``nan`` when no row defines it),
+        ``"<metric>_nan"`` (how many rows were ``nan`` and left out: only Recall, for an empty reference) and the
+        counts of :data:`SEGMENTATION_COUNTS`: ``"n_cases"`` (rows averaged; ``"cases"`` is the same number) and
+        how many of them had an empty prediction (``"n_empty_prediction"``), an empty reference
+        (``"n_empty_reference"``) or both empty (``"n_both_empty"``). The ``"all"`` row counts (case, class) rows.
         """
         groups: list[tuple[int | str, list[dict[str, Any]]]] = [
             (c, [r for r in self._rows if r["class"] == c]) for c in self.classes
@@ -290,19 +342,28 @@ class SegmentationReport:
                 valid = vals[~np.isnan(vals)]
                 summary[m] = float(valid.mean()) if valid.size else float("nan")
                 summary[f"{m}_nan"] = int(vals.size - valid.size)
+            summary.update(_counts(rows))
             out.append(summary)
         return out
 
     def to_csv(self, path: str | os.PathLike) -> None:
         """Write the per-case rows, then per class a ``case="mean"`` row and a ``case="nan_count"`` row.
 
-        Columns: ``case, class, IoU, DSC, Recall, Precision, HD95``. Parent folders are created.
+        Columns: ``case, class, IoU, DSC, Recall, Precision, HD95, n_cases, n_empty_prediction, n_empty_reference,
+        n_both_empty``. A ``mean`` row's counts are those of :meth:`means`; a case row counts itself (``n_cases``
+        1, and 1 in the column of its empty-mask group), so a ``mean`` row's counts are the sums over its class's
+        case rows; ``nan_count`` rows leave the count columns blank. Parent folders are created.
         """
-        header = ["case", "class", *SEGMENTATION_METRICS]
-        lines: list[list[Any]] = [[r["case"], r["class"], *(r[m] for m in SEGMENTATION_METRICS)] for r in self._rows]
+        header = ["case", "class", *SEGMENTATION_METRICS, *SEGMENTATION_COUNTS]
+        lines: list[list[Any]] = []
+        for r in self._rows:
+            counts = _counts([r])
+            lines.append([r["case"], r["class"], *(r[m] for m in SEGMENTATION_METRICS), *counts.values()])
         for s in self.means():
-            lines.append(["mean", s["class"], *(s[m] for m in SEGMENTATION_METRICS)])
-            lines.append(["nan_count", s["class"], *(s[f"{m}_nan"] for m in SEGMENTATION_METRICS)])
+            means = [s[m] for m in SEGMENTATION_METRICS]
+            nans = [s[f"{m}_nan"] for m in SEGMENTATION_METRICS]
+            lines.append(["mean", s["class"], *means, *(s[n] for n in SEGMENTATION_COUNTS)])
+            lines.append(["nan_count", s["class"], *nans, *[""] * len(SEGMENTATION_COUNTS)])
         _make_parent(path)
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
@@ -310,7 +371,8 @@ class SegmentationReport:
             writer.writerows(lines)
 
     def to_markdown(self, path: str | os.PathLike | None = None) -> str:
-        """Markdown tables: per-case rows, then means with ``(k nan)`` where k rows were left out.
+        """Markdown tables: per-case rows with their empty mask, then means with ``(k nan)`` where k rows were left
+        out and the counts of :data:`SEGMENTATION_COUNTS`.
 
         Args:
             path: when given, the text is also written there (parent folders are created).
@@ -318,17 +380,24 @@ class SegmentationReport:
         Returns:
             The Markdown text.
         """
-        header = ["case", "class", *SEGMENTATION_METRICS]
+        header = ["case", "class", *SEGMENTATION_METRICS, "empty"]
         text = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in self._rows:
             text.append("| " + " | ".join(_fmt(r[k]) for k in header) + " |")
-        text += ["", "Means over cases (nan excluded; (k nan) = rows left out):", ""]
-        mean_header = ["class", "cases", *SEGMENTATION_METRICS]
+        text += [
+            "",
+            "Means over cases (every case counts: an empty prediction or reference scores 0 and HD95 the image "
+            "diagonal, both empty score 1 and HD95 0; Recall is undefined for an empty reference, (k nan) = rows "
+            "left out):",
+            "",
+        ]
+        mean_header = ["class", *SEGMENTATION_METRICS, *SEGMENTATION_COUNTS]
         text += ["| " + " | ".join(mean_header) + " |", "|" + "---|" * len(mean_header)]
         for s in self.means():
-            cells = [str(s["class"]), str(s["cases"])]
+            cells = [str(s["class"])]
             for m in SEGMENTATION_METRICS:
                 cells.append(_fmt(s[m]) + (f" ({s[f'{m}_nan']} nan)" if s[f"{m}_nan"] else ""))
+            cells += [str(s[n]) for n in SEGMENTATION_COUNTS]
             text.append("| " + " | ".join(cells) + " |")
         markdown = "\n".join(text) + "\n"
         if path is not None:
@@ -336,6 +405,16 @@ class SegmentationReport:
             with open(path, "w") as f:
                 f.write(markdown)
         return markdown
+
+
+def _counts(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """The counts of :data:`SEGMENTATION_COUNTS` over ``rows``."""
+    counts = {n: 0 for n in SEGMENTATION_COUNTS}
+    counts["n_cases"] = len(rows)
+    for r in rows:
+        if r["empty"] in _EMPTY_COUNTS:
+            counts[_EMPTY_COUNTS[r["empty"]]] += 1
+    return counts
 
 
 def _make_parent(path: str | os.PathLike) -> None:
@@ -359,13 +438,15 @@ def segmentation_report(
         labels: ground truth in either form, same batch and spatial shape.
         num_classes: number of classes including background.
         include_background: whether class 0 gets rows too.
-        spacing: voxel size in mm (a number, one value per spatial dim, or one such sequence per case); HD95 is
-            in mm when given, in voxels otherwise.
+        spacing: voxel size in mm (a number, one value per spatial dim, or one such sequence per case); HD95 and
+            the image diagonal are in mm when given, in voxels otherwise.
         case_ids: one id per case; by default the MetaTensor file names, else ``case_0, case_1, ...``.
 
     Returns:
-        ``{"rows": SegmentationReport.rows(), "means": SegmentationReport.means()}``; undefined values are
-        ``nan`` and left out of the means, which count them (see :class:`SegmentationReport`).
+        ``{"rows": SegmentationReport.rows(), "means": SegmentationReport.means()}``. Every case counts: empty
+        masks score by the conventions of :class:`SegmentationReport` (an empty prediction or reference 0 and HD95
+        the image diagonal, both empty 1 and HD95 0, Recall of an empty reference ``nan`` and left out), and the
+        means count the cases of each group.
     """
     report = SegmentationReport(num_classes=num_classes, include_background=include_background)
     report.update(preds, labels, case_id=case_ids, spacing=spacing)

@@ -8,10 +8,17 @@ missing teacher or a checkpoint of another architecture is reported with the fil
 Keys are stored relative to the unwrapped network: ``DataParallel``/``DistributedDataParallel`` (``"module."``) and
 :class:`~medkd_ext.networks.FrozenTeacher` (``"network."``) prefixes are removed on saving and on loading, so a
 checkpoint written from any wrapper loads into any other.
+
+A record beside a checkpoint (``models/model.pt`` -> ``models/model.json``, :func:`record_path`) may hold the
+file's SHA-256 (``"sha256"``, written by :func:`medkd_ext.engines.save_settings` once the stage that trains it has
+finished); :func:`read_state_dict` checks it, so a weight file replaced, truncated or changed after training is refused
+with its name instead of being loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -22,7 +29,15 @@ from torch import nn
 
 from medkd_ext.networks.frozen import unwrap_network
 
-__all__ = ["save_state_dict", "load_state_dict", "read_state_dict", "apply_state_dict"]
+__all__ = [
+    "apply_state_dict",
+    "atomic_save",
+    "file_sha256",
+    "load_state_dict",
+    "read_state_dict",
+    "record_path",
+    "save_state_dict",
+]
 
 _WRAPPER_PREFIXES = ("module.", "network.")
 _MAX_SHOWN = 5
@@ -88,12 +103,24 @@ def save_state_dict(network_or_state_dict: nn.Module | Mapping[str, torch.Tensor
     plain, _ = _strip_wrapper_prefixes(state_dict)
     plain = {key: value.detach() for key, value in plain.items()}
 
+    return atomic_save(plain, path)
+
+
+def atomic_save(obj: object, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically: a temporary file in the same folder, flushed to disk, then renamed
+    over ``path`` (``os.replace``), so ``path`` holds the previous or the new content, never a partial file, even when
+    the process is killed while writing. Missing parent folders are created; the file gets the mode a plain ``open()``
+    would give it.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(plain, handle)
+            torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, _FILE_MODE)  # mkstemp creates 0600; give the mode a plain open() would (umask applied)
@@ -103,6 +130,41 @@ def save_state_dict(network_or_state_dict: nn.Module | Mapping[str, torch.Tensor
             os.remove(tmp_name)
         raise
     return path
+
+
+def record_path(ckpt_file: str | os.PathLike) -> Path:
+    """The record beside a checkpoint (its settings and SHA-256): ``models/model.pt`` -> ``models/model.json``."""
+    return Path(ckpt_file).with_suffix(".json")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as 64 hexadecimal digits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_sha256(path: Path, hint: str) -> None:
+    """Refuse ``path`` if the record beside it holds a SHA-256 that its bytes no longer have."""
+    record = record_path(path)
+    if record == path or not record.is_file():
+        return
+    try:
+        expected = json.loads(record.read_text(encoding="utf-8")).get("sha256")
+    except (ValueError, AttributeError):
+        return  # not a record of ours: nothing to check against (settings readers report a broken record)
+    if not isinstance(expected, str):
+        return
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ValueError(
+            f"Checkpoint '{path}' is not the file that was trained: its SHA-256 is {actual[:12]}..., the one "
+            f"recorded in '{record}' when it was written is {expected[:12]}.... It was replaced, truncated or changed "
+            f"afterwards (or a later training run stopped before recording its own). Restore the file or train it "
+            f"again{hint}."
+        )
 
 
 def _examples(items: list[str]) -> str:
@@ -165,6 +227,7 @@ def read_state_dict(
             if stage_hint
             else f"Checkpoint '{path}' not found; check the path or train the network that writes it first."
         )
+    _check_sha256(path, hint)
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:

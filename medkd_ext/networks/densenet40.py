@@ -32,14 +32,17 @@ class DenseNet40(DenseNet):
     ``features``: MONAI's DenseNet stem (7x7 conv stride 2, BN, ReLU, 3x3 max-pool stride 2), dense blocks of
     ``block_config`` layers joined by transitions (BN-ReLU-1x1 conv halving the channels, 2x2 average pool), and
     ``norm5``, exactly as in :class:`monai.networks.nets.DenseNet`. ``class_layers``: ReLU, ``pool_size``-wide adaptive
-    average pool (8x8, or 8x8x8 in 3D), one 1x1 conv-BN-ReLU per ``mid_channels`` entry, global average pool,
-    flatten and a linear layer ``out`` giving logits (softmax/sigmoid belong to the loss or post-processing).
+    average pool (8x8, or 8x8x8 in 3D), one 1x1 convolution per ``mid_channels`` entry (followed by BN when its
+    ``mid_norm`` entry is true, else with a bias; then ReLU), global average pool, flatten and a linear layer ``out``
+    giving logits (softmax/sigmoid belong to the loss or post-processing).
 
     With the defaults the features end with ``64 + 6*32 = 256 -> 128 + 12*32 = 512`` channels at 1/8 of the input
-    size (32x32 for a 256x256 image). The paper reports 1,364,142 trainable parameters; with
-    ``mid_channels=(128, 64)`` this network has, in 2D with 3 input channels, 1,373,582 for ``out_channels=14``
-    (ChestX-ray8 labels, +0.7 %), 1,373,647 for 15 and 1,372,997 for 5 (retina grades); the paper does not give
-    the widths of its 1x1 convolutions.
+    size (32x32 for a 256x256 image). The paper reports 1,364,142 trainable parameters and does not give the head's
+    widths; the default head, 512 -> 32 (1x1 convolution with bias) -> 1024 (1x1 convolution with BN) and a linear
+    layer to 14 classes, has exactly that count in 2D with 3 input channels (1,364,142 for ``out_channels=14``,
+    ChestX-ray8's labels; 1,365,167 for 15, 1,354,917 for 5). Its ``class_layers.conv1`` gives 32 planes at 8x8,
+    the size of DenseNet-121's attention maps in the paper's Fig. 2: a second attention-transfer tap
+    (``student_layer``), beside the default one in the last dense block that the paper's text names.
 
     For attention transfer, :func:`densenet_at_layer` names the penultimate dense layer of the last dense block
     (``"features.denseblock2.denselayer11"`` here, ``"features.denseblock4.denselayer15"`` in DenseNet-121).
@@ -53,6 +56,9 @@ class DenseNet40(DenseNet):
         block_config: layers per dense block; (6, 12) is DenseNet-121 without its last two blocks.
         bn_size: bottleneck width factor (``bn_size * growth_rate`` channels in each layer's 1x1 conv).
         mid_channels: output channels of the 1x1 convolutions after the ``pool_size`` pooling.
+        mid_norm: one flag per ``mid_channels`` entry: BN after that convolution (``True``, no bias) or a bias
+            (``False``); default ``(False, True)``, and ``True`` for every entry when ``mid_channels`` is not the
+            default.
         pool_size: output size of the first adaptive average pool (8 in the paper).
         act: activation type and arguments, as in MONAI's DenseNet.
         norm: normalisation type and arguments, as in MONAI's DenseNet.
@@ -72,7 +78,8 @@ class DenseNet40(DenseNet):
         growth_rate: int = 32,
         block_config: Sequence[int] = (6, 12),
         bn_size: int = 4,
-        mid_channels: Sequence[int] = (128, 64),
+        mid_channels: Sequence[int] = (32, 1024),
+        mid_norm: Sequence[bool] | None = None,
         pool_size: int = 8,
         act: str | tuple = ("relu", {"inplace": True}),
         norm: str | tuple = "batch",
@@ -91,6 +98,13 @@ class DenseNet40(DenseNet):
             check_positive_int(value, "DenseNet40", name)
         blocks = check_positive_ints(block_config, "DenseNet40", "block_config")
         mids = check_positive_ints(mid_channels, "DenseNet40", "mid_channels")
+        if mid_norm is None:
+            mid_norm = (False, True) if tuple(mids) == (32, 1024) else (True,) * len(mids)
+        norms = [bool(flag) for flag in mid_norm]
+        if len(norms) != len(mids):
+            raise ValueError(
+                f"DenseNet40: mid_norm needs one flag per mid_channels entry ({len(mids)}), got {list(mid_norm)!r}."
+            )
         if not 0.0 <= dropout_prob < 1.0:
             raise ValueError(f"DenseNet40: dropout_prob must be in [0, 1), got {dropout_prob}.")
 
@@ -120,12 +134,11 @@ class DenseNet40(DenseNet):
             ("relu", get_act_layer(name=act)),
             ("pool", Pool[Pool.ADAPTIVEAVG, spatial_dims](pool_size)),
         ]
-        for i, width in enumerate(mids, start=1):
-            layers += [
-                (f"conv{i}", conv_type(channels, width, kernel_size=1, bias=False)),
-                (f"norm{i}", get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=width)),
-                (f"relu{i}", get_act_layer(name=act)),
-            ]
+        for i, (width, with_norm) in enumerate(zip(mids, norms, strict=True), start=1):
+            layers.append((f"conv{i}", conv_type(channels, width, kernel_size=1, bias=not with_norm)))
+            if with_norm:
+                layers.append((f"norm{i}", get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=width)))
+            layers.append((f"relu{i}", get_act_layer(name=act)))
             channels = width
         layers += [
             ("global_pool", Pool[Pool.ADAPTIVEAVG, spatial_dims](1)),
@@ -138,6 +151,8 @@ class DenseNet40(DenseNet):
         for module in self.class_layers.modules():
             if isinstance(module, conv_type):
                 nn.init.kaiming_normal_(module.weight)
+                if module.bias is not None:
+                    nn.init.constant_(module.bias, 0)
             elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
                 nn.init.constant_(module.weight, 1)
                 nn.init.constant_(module.bias, 0)

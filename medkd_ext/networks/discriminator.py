@@ -6,6 +6,7 @@ Used by the joint-teacher bundle's first stage (Ceausescu et al.): features of s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -69,6 +70,7 @@ class DomainDiscriminator(nn.Module):
             raise ValueError(f"DomainDiscriminator: dropout must be in [0, 1), got {dropout}.")
 
         self.spatial_dims = spatial_dims
+        self.norm = norm
         self.grl = GradientReversal(grl_lambda)
         blocks = []
         channels = in_channels
@@ -91,6 +93,21 @@ class DomainDiscriminator(nn.Module):
         self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
         self.flatten = nn.Flatten(1)
         self.out = nn.Linear(channels, num_domains)
+
+    def output_size(self, spatial_size: Sequence[int]) -> list[int]:
+        """The spatial size after the strided blocks (each halves a size, rounding up) of an input map's size."""
+        sizes = [int(n) for n in spatial_size]
+        for _ in self.blocks:
+            sizes = [(n + 1) // 2 for n in sizes]
+        return sizes
+
+    def accepts(self, spatial_size: Sequence[int]) -> bool:
+        """Whether a map of ``spatial_size`` can be trained on: instance normalisation needs more than one voxel
+        after the strided blocks (batch normalisation only a batch of two or more, which the trainer gives)."""
+        name = self.norm[0] if isinstance(self.norm, tuple) else self.norm
+        if not (isinstance(name, str) and name.lower() == "instance"):
+            return True
+        return math.prod(self.output_size(spatial_size)) > 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Domain logits ``(B, num_domains)`` of feature maps ``(B, C, *spatial)``."""

@@ -1,9 +1,9 @@
 """Transforms that check a loaded case before any work is spent on it, and fit image channels to a network.
 
-Place ``ValidateCased`` (segmentation) or ``ValidateClassLabeld`` (classification) right after
-``LoadImaged`` + ``EnsureChannelFirstd`` in a bundle's preprocessing. Each raises one ``ValueError`` naming
-the file (``meta["filename_or_obj"]`` of the MetaTensor, or the ``"<key>_meta_dict"`` entry; the key when no
-file is known) and saying what to do. When such a transform runs inside ``Compose``, MONAI re-raises the
+Place ``ValidateCased`` (segmentation; for any image, ``label_key=None``) and ``ValidateClassLabeld``
+(classification) right after ``LoadImaged`` + ``EnsureChannelFirstd`` in a bundle's preprocessing. Each raises one
+``ValueError`` naming the file (``meta["filename_or_obj"]`` of the MetaTensor, or the ``"<key>_meta_dict"`` entry;
+the key when no file is known) and saying what to do. When such a transform runs inside ``Compose``, MONAI re-raises the
 error as a ``RuntimeError`` chained from this ``ValueError``, whose message is printed with it.
 """
 
@@ -64,11 +64,27 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
+def _spatial_dims_error(d: Mapping[Hashable, Any], key: Hashable, img: Any, spatial_dims: int, who: str) -> str | None:
+    """The message refusing a channel-first ``img`` that has not ``spatial_dims`` spatial dimensions, else ``None``."""
+    found = img.ndim - 1
+    if found == spatial_dims:
+        return None
+    return (
+        f"{who}: {describe_source(d, key)} is {found}D (shape {tuple(img.shape[1:])}) but the network is "
+        f"{spatial_dims}D (spatial_dims={spatial_dims}): give {spatial_dims}D images, or train a model with "
+        f"--spatial_dims {found}."
+    )
+
+
 class ValidateCased(MapTransform):
-    """Validate a loaded segmentation case; the data pass through unchanged.
+    """Validate a loaded case: its images and, for segmentation, its label map; the data pass through unchanged.
 
     Checks, each raising ``ValueError`` that names the file:
 
+    - with ``spatial_dims``, every item under ``keys`` is channel-first with ``spatial_dims`` spatial dimensions (a
+      2D image given to a 3D network, or a 3D volume to a 2D one);
+    - with ``channels``, every item under ``keys`` but the label has ``channels`` channels (the network's
+      ``in_channels``; a multi-modal image given to a one-channel network);
     - every item under ``keys`` has only finite voxels (no NaN/Inf);
     - every item under ``keys`` has the spatial shape (all dims but the first, channel dim) of the item under
       ``label_key`` (of the first key when ``label_key`` is ``None`` or absent);
@@ -79,12 +95,14 @@ class ValidateCased(MapTransform):
         keys: items checked for non-finite voxels and matching spatial shape (images and the label).
         label_key: the segmentation label among the data, or ``None`` for image-only data (inference).
         num_classes: number of classes including background; ``None`` skips the label-value check.
+        channels: the number of channels of every image (every key but ``label_key``); ``None`` skips the check.
+        spatial_dims: the number of spatial dimensions of every item; ``None`` skips the check.
         allow_missing_keys: skip keys absent from the data instead of raising ``KeyError``.
 
     Example::
 
         Compose([LoadImaged(["image", "label"]), EnsureChannelFirstd(["image", "label"]),
-                 ValidateCased(["image", "label"], num_classes=2), ...])
+                 ValidateCased(["image", "label"], num_classes=2, channels=1, spatial_dims=3), ...])
     """
 
     def __init__(
@@ -92,18 +110,25 @@ class ValidateCased(MapTransform):
         keys: KeysCollection = ("image", "label"),
         label_key: str | None = "label",
         num_classes: int | None = None,
+        channels: int | None = None,
+        spatial_dims: int | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        if num_classes is not None and not is_positive_int(num_classes):
-            raise ValueError(f"ValidateCased: num_classes must be a positive int or None, got {num_classes!r}.")
+        for name, value in (("num_classes", num_classes), ("channels", channels), ("spatial_dims", spatial_dims)):
+            if value is not None and not is_positive_int(value):
+                raise ValueError(f"ValidateCased: {name} must be a positive int or None, got {value!r}.")
         self.label_key = label_key
         self.num_classes = num_classes
+        self.channels = channels
+        self.spatial_dims = spatial_dims
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         present = list(self.key_iterator(d))
         tensors = {k: _as_tensor(d[k], describe_source(d, k)) for k in present}
+        for k, t in tensors.items():
+            self._check_layout(d, k, t)
         for k, t in tensors.items():
             if t.is_floating_point() or t.is_complex():
                 bad = int((~torch.isfinite(t)).sum())
@@ -132,6 +157,19 @@ class ValidateCased(MapTransform):
         if self.num_classes is not None and ref_key == self.label_key:
             self._check_label_values(d, ref)
         return d
+
+    def _check_layout(self, d: Mapping[Hashable, Any], key: Hashable, t: torch.Tensor) -> None:
+        """Spatial dimensions of every item, channels of the images."""
+        if self.spatial_dims is not None:
+            message = _spatial_dims_error(d, key, t, self.spatial_dims, "ValidateCased")
+            if message:
+                raise ValueError(message)
+        if self.channels is not None and key != self.label_key and t.ndim >= 1 and t.shape[0] != self.channels:
+            raise ValueError(
+                f"ValidateCased: {describe_source(d, key)} has {t.shape[0]} channels (shape {tuple(t.shape)}) but the "
+                f"network takes {self.channels} (in_channels={self.channels}): give images of {self.channels} "
+                f"channel(s), or train a model with --in_channels {t.shape[0]}."
+            )
 
     def _check_label_values(self, d: Mapping[Hashable, Any], label: torch.Tensor) -> None:
         source = describe_source(d, self.label_key)
@@ -248,14 +286,10 @@ class EnsureImageChannelsd(MapTransform):
         self.spatial_dims = spatial_dims
 
     def _check_spatial(self, d: Mapping[Hashable, Any], key: Hashable, img: Any) -> None:
-        found = img.ndim - 1
-        if self.spatial_dims is None or found == self.spatial_dims:
-            return
-        raise ValueError(
-            f"EnsureImageChannelsd: {describe_source(d, key)} is {found}D (shape {tuple(img.shape[1:])}) but the "
-            f"network is {self.spatial_dims}D (spatial_dims={self.spatial_dims}): give "
-            f"{self.spatial_dims}D images, or train a model with --spatial_dims {found}."
-        )
+        if self.spatial_dims is not None:
+            message = _spatial_dims_error(d, key, img, self.spatial_dims, "EnsureImageChannelsd")
+            if message:
+                raise ValueError(message)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -3,8 +3,10 @@
 ``verify_metadata`` against the repository's schema (``bundles/metadata_schema.json``, written from MONAI's
 bundle specification: nothing is downloaded), ``ConfigWorkflow(...).check_properties() == []``,
 ``verify_net_in_out`` on ``inference.json`` and ``ckpt_export`` to TorchScript compared with eager;
-:func:`stage_parsers`, the resolved config of every stage ``train.json`` runs, built without running anything; and
-:func:`readme_commands` / :func:`run_readme_commands`, a README's commands run as a user runs them.
+:func:`stage_parsers`, the resolved config of every stage ``train.json`` runs, built without running anything;
+:func:`readme_commands` / :func:`run_readme_commands`, a README's commands run as a user runs them; and
+:func:`run_bundle_cli`, one ``python -m monai.bundle run`` as a user types it, with :func:`last_line` of its output and
+:func:`folder_content` to show that a failed run left ``ckpt_dir`` as it was.
 """
 
 from __future__ import annotations
@@ -163,6 +165,70 @@ def run_readme_commands(
     return ran
 
 
+def run_bundle_cli(
+    bundle: str, config_files: str | Sequence[str], ids: Mapping[str, Any], timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run --config_file <configs> --<id> <value> ...`` from the repository root, as a user
+    runs it (``config_files`` relative to ``bundles/<bundle>/configs``; several are merged in order); stdout and
+    stderr in one stream, as ``... 2>&1 | tail`` shows them, in ``stdout`` of the result."""
+    files = [config_files] if isinstance(config_files, str) else list(config_files)
+    paths = [f"bundles/{bundle}/configs/{f}" for f in files]
+    config = paths[0] if len(paths) == 1 else str(paths)
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config]
+    for key, value in ids.items():  # paths and strings as typed, other values as JSON (numbers, lists)
+        command += [f"--{key}", os.fspath(value) if isinstance(value, (str, os.PathLike)) else json.dumps(value)]
+    return subprocess.run(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace",
+        timeout=timeout,
+    )
+
+
+def last_line(result: subprocess.CompletedProcess) -> str:
+    """The last non-empty line of a :func:`run_bundle_cli` output."""
+    lines = result.stdout.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def folder_content(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes); ``{}`` when the folder does not exist."""
+    if not folder.is_dir():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_dicom_series(folder: Path, suffix: str = ".dcm", slices: int = 10) -> list[Path]:
+    """A CT-like DICOM series of ``slices`` axial slices of 18 x 22 pixels (spacing 0.8 x 0.9 x 2.5 mm, one file
+    per slice, ``IM0000<suffix>`` ...; ``suffix=""`` as scanners often name them) in a new ``folder``; returns the
+    files in slice order."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True)
+    volume = sitk.GetImageFromArray(np.random.default_rng(1).integers(0, 400, size=(slices, 18, 22)).astype(np.int16))
+    volume.SetSpacing((0.8, 0.9, 2.5))
+    volume.SetOrigin((-10.0, 5.0, 30.0))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series = "1.2.826.0.1.3680043.2.1125.1.99999"
+    files = []
+    for i in range(volume.GetDepth()):
+        image = volume[:, :, i]
+        for tag, value in {
+            "0008|0060": "CT",
+            "0020|000e": series,
+            "0020|000d": series + ".1",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0032": "\\".join(map(str, volume.TransformIndexToPhysicalPoint((0, 0, i)))),
+            "0020|0013": str(i + 1),
+        }.items():
+            image.SetMetaData(tag, value)
+        files.append(folder / f"IM{i:04d}{suffix}")
+        writer.SetFileName(str(files[-1]))
+        writer.SetImageIO("GDCMImageIO")  # the file name alone does not say DICOM when it has no suffix
+        writer.Execute(image)
+    return files
+
+
 FINDINGS = ["effusion", "nodule", "mass", "edema"]
 
 
@@ -215,3 +281,84 @@ def check_your_data_classification(bundle_dir: Path, tmp_path: Path, extra: str,
 def _by_image(path: Path) -> dict[str, dict[str, float]]:
     """image -> probabilities of a ProbabilityWriter file."""
     return {os.path.realpath(e["image"]): e["probabilities"] for e in json.loads(path.read_text(encoding="utf-8"))}
+
+
+KILL_AT = Path(__file__).resolve().parent / "kill_at.py"
+
+
+def run_bundle(args: Sequence[str], kill_at: int = 0) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """``python -m monai.bundle <args>`` in a subprocess from the repository root, killed with SIGKILL after its
+    ``kill_at``-th training iteration (``0``: never); returns the process and, for a run that ended, the trainers it
+    started (class, epoch length, epoch it started after, iterations run: ``tests/bundles/kill_at.py``)."""
+    result = subprocess.run(
+        [sys.executable, str(KILL_AT), str(kill_at), *args], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, encoding="utf-8", errors="replace", timeout=900,
+    )
+    last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    trainers = json.loads(last[len("TRAINERS "):]) if last.startswith("TRAINERS ") else []
+    return result, trainers
+
+
+def weight_files(ckpt_dir: Path) -> dict[str, Path]:
+    """The weight files a run wrote (``*.pt`` directly in ``ckpt_dir``; training states under ``state/`` excluded)."""
+    return {p.name: p for p in sorted(Path(ckpt_dir).glob("*.pt"))}
+
+
+def max_weight_difference(a: Path, b: Path) -> float:
+    """The largest absolute difference between two state dict files with the same keys."""
+    first, second = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
+    assert sorted(first) == sorted(second), (a, b)
+    return max(((first[k].double() - second[k].double()).abs().max().item() for k in first), default=0.0)
+
+
+def check_resume_after_kill(
+    args: Sequence[str], uninterrupted: Path, trainers: list[dict], trainer_index: int, tmp_path: Path
+) -> None:
+    """Kill ``train.json`` (``args``, without ``--ckpt_dir``/``--output_dir``) with SIGKILL in the middle of the
+    second epoch of its ``trainer_index``-th trainer, rerun it with ``--resume true`` and check, against the
+    uninterrupted run whose ``ckpt_dir`` is ``uninterrupted`` and whose trainers were ``trainers``: the finished stages
+    are not trained again (their files untouched, their trainers not started), the interrupted stage continues after
+    its first epoch (repeating less than one epoch), and every weight file equals the uninterrupted run's within 1e-6.
+    """
+    index = trainer_index % len(trainers)
+    epoch_length = trainers[index]["epoch_length"]
+    assert trainers[index]["iterations"] >= 2 * epoch_length, "the stage to kill needs two epochs or more"
+    before = sum(t["iterations"] for t in trainers[:index])
+    kill_at = before + epoch_length + (epoch_length + 1) // 2  # in the second epoch, before its end
+    models = tmp_path / "models"
+    folders = ["--ckpt_dir", str(models), "--output_dir", str(tmp_path / "eval")]
+
+    killed, _ = run_bundle([*args, *folders], kill_at=kill_at)
+    assert killed.returncode == -9, killed.stdout[-3000:]
+    finished = {}  # the outputs of the stages that had finished, as their completion records name them
+    for record in sorted((models / "state").glob("*.done.json")):
+        for name in json.loads(record.read_text())["outputs"]:
+            finished[name] = ((models / name).stat().st_mtime_ns, (models / name).read_bytes())
+    assert bool(finished) == (index > 0), sorted(finished)
+
+    resumed, resumed_trainers = run_bundle([*args, *folders, "--resume", "true"])
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "resuming after epoch 1 of" in resumed.stdout
+    # the finished stages did not train again; the interrupted one ran its remaining epochs only
+    assert resumed_trainers[0] == {**trainers[index], "start_epoch": 1,
+                                   "iterations": trainers[index]["iterations"] - epoch_length}
+    assert resumed_trainers[1:] == trainers[index + 1:]
+    for name, before_resume in finished.items():
+        assert ((models / name).stat().st_mtime_ns, (models / name).read_bytes()) == before_resume, name
+    written = weight_files(models)
+    assert sorted(written) == sorted(weight_files(uninterrupted))
+    for name, path in written.items():
+        assert max_weight_difference(path, uninterrupted / name) <= 1e-6, name
+    assert not list((models / "state").glob("*.pt")), "a finished stage's training state is removed"
+
+
+def check_same_seed_same_results(args: Sequence[str], first: Path, tmp_path: Path) -> None:
+    """``train.json`` (``args``) run again with the same seed gives the same metrics (``metrics.csv`` of its
+    evaluation, byte for byte) and the same weights as the run whose ``ckpt_dir`` is ``first/models``."""
+    result, _ = run_bundle([*args, "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval")])
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert (tmp_path / "eval" / "metrics.csv").read_text() == (first / "eval" / "metrics.csv").read_text()
+    written = weight_files(tmp_path / "models")
+    assert sorted(written) == sorted(weight_files(first / "models"))
+    for name, path in written.items():
+        assert max_weight_difference(path, first / "models" / name) == 0.0, name

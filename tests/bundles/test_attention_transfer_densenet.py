@@ -266,6 +266,19 @@ def test_paper_overlay(demo):
         assert parser.get_parsed_content("train#trainer#max_epochs") == 128
         assert parser.get_parsed_content("lr_scheduler").step_size == 16
     assert parsers["student"].get_parsed_content("at_term#weight") == 1 / 20.0
+    assert parsers["student"].get_parsed_content("crop_size") == 224  # "resized to 256x256, center cropped"
+
+
+@pytest.mark.slow
+def test_paper_json_runs_end_to_end_with_only_sizes_reduced(demo, tmp_path):
+    """``paper.json`` (DenseNet-121 teacher, DenseNet-40 student, Adam 5e-5, beta 20) for one epoch per stage at
+    64 px cropped to 56, then the evaluation reading the crop from ``model.json``."""
+    values = overrides(demo, ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"), image_size=64,
+                       crop_size=56, batch_size=8)
+    run_stage([CONFIGS / "train.json", CONFIGS / "paper.json"], values)
+    record = json.loads((tmp_path / "models" / "model.json").read_text())
+    assert (record["image_size"], record["crop_size"]) == (64, 56)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_samples"] == 8
 
 
 def test_every_id_given_to_train_json_reaches_every_stage(demo, tmp_path):

@@ -287,6 +287,25 @@ def test_paper_overlay_restores_the_paper_settings(demo, tmp_path):
         assert parsers[name].get_parsed_content("lr_milestones") == [25, 40]
     assert parsers["teacher_4"].get_parsed_content("train#trainer#max_epochs") == 50
     assert (parser["temperature"], parser["alpha"], parser["warmup_epochs"], parser["max_epochs"]) == (0.5, 0.9, 10, 50)
+    assert parser.get_parsed_content("noise_rate") == 0.0  # the paper's labels are noisy already: none is added
+    assert parser.get_parsed_content("network_def").conv1.stride == (2, 2)  # the standard ResNet stem
+    assert parsers["teacher_2"].get_parsed_content("network_def").conv1.stride == (2, 2)
+
+
+@pytest.mark.slow
+def test_paper_json_runs_end_to_end_with_only_sizes_reduced(demo, tmp_path):
+    """``paper.json`` (its five full-size teachers, SGD, smoothing, the standard ResNet stem) for one epoch per stage
+    at 32x32, then evaluation and inference with no setting repeated: the stem stride comes from ``model.json``."""
+    overrides = _overrides(tmp_path, demo / "mc", image_size=32, max_epochs=1, teacher_max_epochs=1, warmup_epochs=0,
+                           lr_milestones=[1, 1], batch_size=64)  # the paper's batch: one step per epoch here
+    run_stage([CONFIGS / "train.json", CONFIGS / "paper.json"], overrides=overrides)
+    record = json.loads((tmp_path / "models" / "model.json").read_text())
+    assert record["conv1_t_stride"] == 2 and record["image_size"] == 32
+    assert json.loads((tmp_path / "models" / "teacher_0.json").read_text())["noise_rate"] == 0.0
+    infer = {"bundle_root": str(BUNDLE), "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "out"),
+             "dataset_dir": str(demo / "mc")}
+    workflow = _workflow("inference.json", infer, workflow_type="infer")
+    assert workflow.parser.get_parsed_content("network_def").conv1.stride == (2, 2)
 
 
 @pytest.mark.parametrize("text", ["false", "FALSE", "0", "no"])

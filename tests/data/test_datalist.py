@@ -157,3 +157,58 @@ def test_class_names_from_the_datalist_or_the_class_columns(tmp_path):
     assert class_names(tmp_path / "table.csv", 2) == ["0", "1"]
     with pytest.raises(ValueError, match="class_columns names 2 classes but num_classes is 3"):
         class_names(tmp_path / "table.csv", 3, ["effusion", "nodule"])
+
+
+def _nifti(path, size=16):
+    import nibabel as nib
+    import numpy as np
+
+    data = np.random.default_rng(0).integers(-1000, 1000, (size, size, size)).astype(np.int16)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    return path
+
+
+def _cut(path):
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    return path
+
+
+def test_check_image_files_names_the_broken_images_and_their_number(tmp_path):
+    from medkd_ext.data import check_image_files
+
+    items = [{"image": str(_nifti(tmp_path / f"{i}.nii.gz")), "label": i % 2} for i in range(4)]
+    check_image_files(items, keys=("image", "label"))  # class labels are not paths
+    _cut(tmp_path / "1.nii.gz")
+    with pytest.raises(ValueError, match=r"1.nii.gz is truncated") as info:
+        check_image_files(items, "image")
+    assert "in all" not in str(info.value)
+    _cut(tmp_path / "3.nii.gz")
+    with pytest.raises(ValueError, match=r"1.nii.gz is truncated.* 2 images in all are broken; the others: .*3.nii.gz"):
+        check_image_files(items, "image")
+    items[0]["image"] = str(tmp_path / "missing.nii.gz")
+    with pytest.raises(FileNotFoundError, match="the 'image' file .*missing.nii.gz does not exist"):
+        check_image_files(items, "image")
+
+
+def test_list_images_finds_dicom_series_without_suffix_and_refuses_what_is_not_an_image(tmp_path):
+    from medkd_ext.data import list_images
+    from tests.bundles.bundle_checks import write_dicom_series
+
+    scans = tmp_path / "scans"
+    write_dicom_series(scans / "series_b", suffix="")  # as scanners name the files: IM0000, IM0001, ...
+    write_dicom_series(scans / "series_a")
+    _nifti(scans / "c.nii.gz")
+    (scans / "notes.txt").write_text("ignored")
+    assert list_images(scans) == [str(scans / "c.nii.gz"), str(scans / "series_a"), str(scans / "series_b")]
+    assert list_images(scans / "series_b") == [str(scans / "series_b")]  # the folder of one series
+    assert list_images(scans / "c.nii.gz") == [str(scans / "c.nii.gz")]
+    with pytest.raises(ValueError, match=r"notes.txt is not an image file \(the bundles read .nii.gz, .*DICOM series"):
+        list_images(scans / "notes.txt")
+    _cut(scans / "c.nii.gz")
+    with pytest.raises(ValueError, match=r"c.nii.gz is truncated"):
+        list_images(scans)
+    with pytest.raises(FileNotFoundError, match="images .*none do not exist: give an image file or a folder"):
+        list_images(tmp_path / "none")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"no image found in .*empty"):
+        list_images(tmp_path / "empty")

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from medkd_ext.data import segmentation_datalists
@@ -13,7 +15,7 @@ def _dataset(folder, n_train, n_test=0, missing=False):
     for i in range(n_train + n_test):
         for kind in ("img", "lab"):
             if not (missing and i == 0 and kind == "lab"):
-                (folder / f"{kind}{i}.nii.gz").write_bytes(b"x")
+                nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), str(folder / f"{kind}{i}.nii.gz"))
         cases.append({"image": f"img{i}.nii.gz", "label": f"lab{i}.nii.gz"})
     content = {"training": cases[:n_train], "test": cases[n_train:]}
     (folder / "dataset.json").write_text(json.dumps(content))
@@ -44,3 +46,15 @@ def test_bad_datalists_are_named(tmp_path):
         segmentation_datalists(broken)
     with pytest.raises(ValueError, match="no cases"):
         segmentation_datalists(empty)
+
+
+def test_broken_images_are_named_before_training(tmp_path):
+    target = _dataset(tmp_path / "t", 3, 1)
+    label = tmp_path / "t" / "lab3.nii.gz"  # the label of the test case
+    label.write_bytes(label.read_bytes()[:30])
+    with pytest.raises(ValueError, match=r"lab3.nii.gz is (truncated|not a readable NIfTI file)"):
+        segmentation_datalists(target)
+    source = _dataset(tmp_path / "s", 2)
+    (tmp_path / "s" / "img1.nii.gz").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"source dataset 0 \(.*\): image file .*img1.nii.gz is not a readable NIfTI"):
+        segmentation_datalists(_dataset(tmp_path / "t2", 2), [source])

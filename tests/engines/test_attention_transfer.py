@@ -67,7 +67,9 @@ def test_matching_weights_give_densenet40_the_first_blocks(d121, tmp_path):
     assert torch.equal(got["features.denseblock2.denselayer12.layers.conv2.weight"],
                        ref["features.denseblock2.denselayer12.layers.conv2.weight"])
     assert loaded == sum(1 for k, v in got.items() if k in ref and ref[k].shape == v.shape)
-    assert not torch.equal(got["features.norm5.weight"], torch.zeros(1))  # norm5 has 512 channels here: not loaded
+    # norm5 has 512 channels here, 1024 in DenseNet-121: not loaded, it keeps its initialisation
+    assert got["features.norm5.weight"].shape != ref["features.norm5.weight"].shape
+    assert torch.equal(got["features.norm5.weight"], torch.ones(512))
     torch.save({"x": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="shares no key"):
         load_matching_weights(student, tmp_path / "other.pt")
@@ -87,6 +89,24 @@ def test_unfreeze_last_layers_densenet121():
     assert 2.0e6 < sum(p.numel() for p in params) < 2.8e6  # the paper reports 2.4m-2.7m trainable parameters
     assert len(unfreeze_last_layers(net, None)) == len(list(net.parameters()))
     assert all(p.requires_grad for p in net.parameters())
+
+
+def test_frozen_batchnorm_keeps_its_running_statistics_in_training_mode():
+    """The last-34-layers baseline: the frozen part's BatchNorm statistics do not move when the trainer calls
+    ``train()``; the trainable part's do. ``None`` unfreezes them all again."""
+    torch.manual_seed(0)
+    net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=2)
+    unfreeze_last_layers(net, 34)
+    frozen, trained = net.features.denseblock1.denselayer1.layers.norm1, net.features.norm5
+    before = frozen.running_mean.clone(), trained.running_mean.clone()
+    net.train()
+    net(torch.randn(4, 1, 64, 64) * 3 + 1)
+    assert torch.equal(frozen.running_mean, before[0]) and frozen.num_batches_tracked == 0
+    assert not torch.equal(trained.running_mean, before[1])
+    unfreeze_last_layers(net, None)
+    net.train()
+    net(torch.randn(4, 1, 64, 64) * 3 + 1)
+    assert not torch.equal(frozen.running_mean, before[0])
 
 
 @pytest.mark.parametrize("bad", [0, 122, 2.5, True])

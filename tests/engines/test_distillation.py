@@ -112,7 +112,7 @@ def test_handler_changes_a_term_weight_during_training():
     teacher = TinyNet(width=6)
     terms = [LossTerm("ce", nn.CrossEntropyLoss(), teacher="label"), LossTerm("kd", KDLoss(), weight=5.0)]
     trainer = _trainer(terms, teacher, max_epochs=2, decollate=False)
-    RampHandler(warmup=1, ramp=1, max_value=5.0, term="kd").attach(trainer)
+    RampHandler(warmup=0, ramp=1, max_value=5.0, term="kd").attach(trainer)
     rows = []
     trainer.add_event_handler(
         Events.ITERATION_COMPLETED,

@@ -70,7 +70,7 @@ def test_terms_train_a_student_with_curriculum_and_annealing():
         decollate=False,
     )
     distil = [t.name for t in terms if t.name != "seg"]
-    RampHandler(warmup=1, ramp=2, term=distil, attribute="scale").attach(trainer)
+    RampHandler(warmup=0, ramp=2, term=distil, attribute="scale").attach(trainer)
     DecayHandler(start=4.0, decay=0.5, floor=1.5, term="con", attribute="loss.temperature").attach(trainer)
     rows = []
     trainer.add_event_handler(

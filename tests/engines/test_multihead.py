@@ -7,15 +7,15 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
-from medkd_ext.engines import MultiHeadTrainer, RoundRobin
+from medkd_ext.engines import DatasetRounds, MultiHeadTrainer
 
 
-def test_round_robin_alternates_and_balances():
-    order = [d for d, _ in RoundRobin([[1, 2, 3], ["a"]])]
-    assert order == [0, 1, 0, 1, 0, 1]
-    assert len(RoundRobin([[1, 2, 3], ["a"]])) == 6
+def test_dataset_rounds_take_a_batch_of_every_dataset_for_each_target_batch():
+    rounds = DatasetRounds([[1, 2, 3], ["a"], ["x", "y", "z", "w"]])
+    assert list(rounds) == [[(0, 1), (1, "a"), (2, "x")], [(0, 2), (1, "a"), (2, "y")], [(0, 3), (1, "a"), (2, "z")]]
+    assert len(rounds) == 3  # the target (first loader) sets the epoch's length
     with pytest.raises(ValueError, match="at least one"):
-        RoundRobin([])
+        DatasetRounds([])
 
 
 class TwoHeads(nn.Module):
@@ -28,7 +28,9 @@ class TwoHeads(nn.Module):
         return self.heads[head](self.backbone(x))
 
 
-def test_each_batch_goes_through_its_dataset_head():
+def test_the_losses_of_every_dataset_are_summed_before_one_update():
+    """Each iteration runs a batch of every dataset through its head and makes one step on the sum of the losses
+    (the paper's multi-head baseline), so both heads get a gradient in every iteration."""
     torch.manual_seed(0)
     net = TwoHeads()
     loaders = [
@@ -40,16 +42,21 @@ def test_each_batch_goes_through_its_dataset_head():
     seen = []
 
     def record(engine):
-        seen.append((engine.state.output["head"], [h.weight.grad is not None and bool(h.weight.grad.abs().sum())
-                                                   for h in net.heads]))
+        out = engine.state.output
+        seen.append(([h.weight.grad is not None and bool(h.weight.grad.abs().sum()) for h in net.heads],
+                     float(out["loss"]), float(out["loss_0"]) + float(out["loss_1"])))
         net.zero_grad(set_to_none=True)
 
+    steps = []
+    trainer.add_event_handler(IterationEvents.MODEL_COMPLETED, lambda e: steps.append(e.state.iteration))
     trainer.add_event_handler(Events.ITERATION_COMPLETED, record)
     trainer.run()
-    assert seen == [(0, [True, False]), (1, [False, True]), (0, [True, False]), (1, [False, True])]
+    assert [grads for grads, _, _ in seen] == [[True, True], [True, True]]  # 2 target batches: 2 iterations
+    assert all(total == pytest.approx(summed) for _, total, summed in seen)
+    assert steps == [1, 2]  # one optimizer step per iteration
 
 
-def test_round_robin_starts_every_loader_before_the_first_batch_and_restarts_short_ones():
+def test_dataset_rounds_start_every_loader_before_the_first_batch_and_restart_short_ones():
     log = []
 
     class Logged:
@@ -68,12 +75,12 @@ def test_round_robin_starts_every_loader_before_the_first_batch_and_restarts_sho
                 log.append(f"next {self.name}")
                 yield batch
 
-    batches = list(RoundRobin([Logged("a", [1, 2]), Logged("b", ["x"])]))
-    assert batches == [(0, 1), (1, "x"), (0, 2), (1, "x")]
+    batches = list(DatasetRounds([Logged("a", [1, 2]), Logged("b", ["x"])]))
+    assert batches == [[(0, 1), (1, "x")], [(0, 2), (1, "x")]]
     # where a shuffling DataLoader draws its seeds: both passes start before any batch is taken
     assert log == ["iter a", "iter b", "next a", "next b", "next a", "iter b", "next b"]
-    with pytest.raises(ValueError, match="RoundRobin: loader 1 yields no batch"):
-        list(RoundRobin([Logged("a", [1]), Logged("empty", [])]))
+    with pytest.raises(ValueError, match="DatasetRounds: loader 1 yields no batch"):
+        list(DatasetRounds([Logged("a", [1]), Logged("empty", [])]))
 
 
 def test_forward_and_loss_events_are_fired_with_pred_and_loss_set():
@@ -86,14 +93,12 @@ def test_forward_and_loss_events_are_fired_with_pred_and_loss_set():
     calls = []
     trainer.add_event_handler(
         IterationEvents.FORWARD_COMPLETED,
-        lambda e: calls.append(("forward", e.state.output["head"], tuple(e.state.output["pred"].shape),
-                                Keys.LOSS in e.state.output)),
+        lambda e: calls.append(("forward", tuple(e.state.output["pred"].shape), Keys.LOSS in e.state.output)),
     )
     trainer.add_event_handler(
         IterationEvents.LOSS_COMPLETED,
-        lambda e: calls.append(("loss", e.state.output["head"], e.state.output[Keys.LOSS].ndim,
+        lambda e: calls.append(("loss", e.state.output[Keys.LOSS].ndim,
                                 net.backbone.weight.grad is not None and bool(net.backbone.weight.grad.any()))),
     )
     trainer.run()
-    assert calls == [("forward", 0, (2, 2), False), ("loss", 0, 0, False),
-                     ("forward", 1, (2, 2), False), ("loss", 1, 0, False)]
+    assert calls == [("forward", (2, 2), False), ("loss", 0, False)]

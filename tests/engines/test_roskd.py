@@ -83,7 +83,7 @@ def test_loss_terms_of_each_method(multi_label):
 
 
 @pytest.mark.parametrize("multi_label", [False, True])
-def test_teacher_weights_are_drawn_every_iteration_and_total_follows_eq_3(multi_label):
+def test_teacher_weights_are_drawn_every_iteration_and_total_follows_eq_4(multi_label):
     teachers = [TinyNet(5), TinyNet(6), TinyNet(7)]
     terms = roskd_loss_terms("roskd", temperature=0.5, alpha=0.9, multi_label=multi_label)
     torch.manual_seed(0)
@@ -212,7 +212,7 @@ def test_teacher_list_and_missing_checkpoints(tmp_path):
         load_teachers("roskd", defs, ckpts[:1], "cpu", 1, stages)
 
 
-def test_kd_term_is_eq_3_on_the_teachers_eval_mode_outputs():
+def test_kd_term_is_eq_4_on_the_teachers_eval_mode_outputs():
     """The student's kd term is ``tau^2 * sum_m w_m KL(q_m || p)`` with ``q_m`` from each teacher in ``eval()``."""
     torch.manual_seed(0)
     teachers = [TinyNet(5), TinyNet(6)]

@@ -5,7 +5,17 @@ import json
 import pytest
 from monai.bundle import ConfigWorkflow
 
-from medkd_ext.engines import Stage, as_flag, for_each, locate_bundle, run_stage, run_stages, stage_config, stage_hint
+from medkd_ext.engines import (
+    Stage,
+    as_flag,
+    check_writable,
+    for_each,
+    locate_bundle,
+    run_stage,
+    run_stages,
+    stage_config,
+    stage_hint,
+)
 
 
 def _write(path, config):
@@ -173,3 +183,51 @@ def test_ids_of_the_wrong_kind_are_refused_before_any_stage(tmp_path):
         assert part in message
     with pytest.raises(TypeError, match="max_epochs = 1.5 is not an integer"):
         check_override_types({"max_epochs": 1.5}, defaults)
+
+
+def _lines(tmp_path):
+    log = tmp_path / "log.txt"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_resume_skips_a_finished_stage_only_while_its_settings_and_outputs_are_unchanged(config_dir, tmp_path):
+    """``--resume true`` skips stage ``a`` after it finished; a changed id, a replaced output or a missing record make
+    it run again; ids that change only how a run executes (``num_threads``) do not."""
+    _run([config_dir / "train.json"])
+    record = tmp_path / "state" / "out_a.done.json"
+    assert json.loads(record.read_text())["stage"] == "a" and _lines(tmp_path) == ["a:none:2", "b0:none:2", "b1:none:2"]
+    (tmp_path / "log.txt").unlink()
+    _run([config_dir / "train.json"], resume="true", num_threads=1)
+    assert _lines(tmp_path) == ["b0:none:2", "b1:none:2"]  # b writes no file to check: it runs again
+    (tmp_path / "log.txt").unlink()
+    _run([config_dir / "train.json"], resume="true", source="other")
+    assert _lines(tmp_path)[0] == "a:other:2"
+    (tmp_path / "log.txt").unlink()
+    (tmp_path / "out_a").write_text("replaced")
+    _run([config_dir / "train.json"], resume="true", source="other")
+    assert _lines(tmp_path)[0] == "a:other:2"
+    (tmp_path / "log.txt").unlink()
+    _run([config_dir / "train.json"], source="other")  # without --resume every stage runs, as before
+    assert _lines(tmp_path)[0] == "a:other:2"
+
+
+def test_reused_outputs_of_an_interrupted_stage_are_not_reused(config_dir, tmp_path):
+    """A teacher file written by a stage that was then killed (its training state is still there) is not taken as a
+    finished teacher: the stage runs again."""
+    base = {"log": str(tmp_path / "log.txt"), "source": 0, "net": {"width": 1}, "out": str(tmp_path / "out"),
+            "stage_name": "x"}
+    done = tmp_path / "out_a"
+    done.write_text("x")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "out_a").write_text("state of an interrupted run")
+    run_stages([Stage("a", "a.json", outputs=[str(done)], reuse_outputs=True)], config_dir, base_config=base)
+    assert _lines(tmp_path) == ["a:0:1"]
+
+
+def test_check_writable_names_the_id_and_the_folder(tmp_path):
+    check_writable({"ckpt_dir": tmp_path / "new" / "models"})
+    assert (tmp_path / "new" / "models").is_dir() and not list((tmp_path / "new" / "models").iterdir())
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(PermissionError, match=r"cannot write to output_dir '.*a_file/eval'.*give --output_dir"):
+        check_writable({"ckpt_dir": tmp_path, "output_dir": blocker / "eval"})

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import csv
+import importlib.util
 import json
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,3 +85,46 @@ def test_segmentation_report_handler_uses_label_spacing(tmp_path):
     assert row["HD95"] == pytest.approx(3.0)  # 2 voxels of 1.5 mm
     text = (tmp_path / "metrics.md").read_text()
     assert "HD95" in text and np.isfinite(row["IoU"])
+
+
+def _table_script():
+    path = Path(__file__).resolve().parents[2] / "scripts" / "joint_teacher_table.py"
+    spec = importlib.util.spec_from_file_location("joint_teacher_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_segmentation_report_counts_a_missed_case_and_the_table_reads_the_counts(tmp_path):
+    """A case with nothing predicted scores 0 and HD95 the diagonal of its 12 x 12 x 12 grid of 1.5 x 1 x 1 mm voxels
+    (sqrt(18^2 + 12^2 + 12^2) mm); metrics.csv and metrics.md count it, and the joint-teacher table script reads the
+    counts."""
+    label = torch.zeros(1, 12, 12, 12)
+    label[:, 3:7, 3:7, 3:7] = 1
+    pred = torch.roll(label, shifts=2, dims=1)  # HD95 2 voxels of 1.5 mm
+    meta = {"pixdim": torch.tensor([1.0, 1.5, 1.0, 1.0, 1, 1, 1, 1])}
+    labels = [MetaTensor(label, meta={**meta, "filename_or_obj": f"/data/case_{i}.nii.gz"}) for i in range(2)]
+    outputs = [{"pred": pred, "label": labels[0]}, {"pred": torch.zeros_like(pred), "label": labels[1]}]
+    engine = Engine(lambda e, b: outputs)
+    handler = SegmentationReportHandler(tmp_path, num_classes=2)
+    handler.attach(engine)
+    engine.run([0], max_epochs=1)
+    diagonal = math.sqrt(18**2 + 12**2 + 12**2)
+    missed = handler.report.rows()[1]
+    assert missed["empty"] == "prediction" and missed["HD95"] == pytest.approx(diagonal)
+    assert (missed["IoU"], missed["DSC"], missed["Recall"], missed["Precision"]) == (0.0, 0.0, 0.0, 0.0)
+    with open(tmp_path / "metrics.csv") as f:
+        mean = next(r for r in csv.DictReader(f) if r["case"] == "mean" and r["class"] == "all")
+    assert float(mean["HD95"]) == pytest.approx((3.0 + diagonal) / 2)
+    assert float(mean["Precision"]) == pytest.approx((1 / 2 + 0) / 2)  # overlap 32 of 64 predicted voxels
+    counts = {"n_cases": 2, "n_empty_prediction": 1, "n_empty_reference": 0, "n_both_empty": 0}
+    assert {n: int(mean[n]) for n in counts} == counts
+    assert "| 2 | 1 | 0 | 0 |" in (tmp_path / "metrics.md").read_text()
+
+    table = _table_script()
+    means = table._means(tmp_path / "metrics.csv")
+    assert means["HD95"] == pytest.approx((3.0 + diagonal) / 2)
+    assert {n: means[n] for n in counts} == counts
+    text = table.format_table([{name: means for name in table.ROWS}] * 3)
+    assert text.splitlines()[0].endswith("| HD95 | cases | empty pred. | empty ref. | both empty |")
+    assert text.splitlines()[-1].endswith("| 6 | 3 | 0 | 0 |")  # summed over the 3 seeds

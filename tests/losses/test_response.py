@@ -23,7 +23,7 @@ def _kl_reference(student: torch.Tensor, teacher: torch.Tensor, t: float) -> tor
 def _bernoulli_reference(student: torch.Tensor, q: torch.Tensor, t: float) -> torch.Tensor:
     p = torch.sigmoid(student / t)
     kl = q * torch.log(q / p) + (1 - q) * torch.log((1 - q) / (1 - p))
-    return t * t * kl.sum(1).mean()
+    return t * t * kl.mean()  # averaged over classes too, as BCEWithLogitsLoss averages them
 
 
 def test_kd_hand_computed():
@@ -36,13 +36,26 @@ def test_kd_hand_computed():
 
 
 def test_kd_multi_label_hand_computed():
-    # class 0: sigmoid(t/T) = 0.8 vs 0.5; class 1: equal -> contributes 0
+    # class 0: sigmoid(t/T) = 0.8 vs 0.5; class 1: equal -> contributes 0; the mean over the 2 classes
     t = 3.0
     teacher = torch.tensor([[t * math.log(4.0), 0.7]])
     student = torch.tensor([[0.0, 0.7]])
-    expected = t * t * (0.8 * math.log(1.6) + 0.2 * math.log(0.4))
+    expected = t * t * (0.8 * math.log(1.6) + 0.2 * math.log(0.4)) / 2
     value = KDLoss(temperature=t, multi_label=True)(student, teacher)
     assert value.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", [KDLoss(2.0, multi_label=True), MultiTeacherKDLoss(2.0, multi_label=True)])
+def test_multi_label_kd_weighs_against_bce_alike_for_any_number_of_classes(loss):
+    """Repeating every class leaves both BCE (averaged over classes) and the multi-label KD term unchanged, so
+    ``alpha`` balances them the same way for 2 classes or 14, as it balances KL and cross-entropy in multi-class."""
+    torch.manual_seed(4)
+    s, t, y = torch.randn(3, 2), torch.randn(3, 2), torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    teacher = [t] if isinstance(loss, MultiTeacherKDLoss) else t
+    teacher7 = [t.repeat(1, 7)] if isinstance(loss, MultiTeacherKDLoss) else t.repeat(1, 7)
+    bce = torch.nn.BCEWithLogitsLoss()
+    torch.testing.assert_close(bce(s.repeat(1, 7), y.repeat(1, 7)), bce(s, y))
+    torch.testing.assert_close(loss(s.repeat(1, 7), teacher7), loss(s, teacher))
 
 
 @pytest.mark.parametrize("shape", SHAPES)

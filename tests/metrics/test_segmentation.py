@@ -8,6 +8,7 @@ import torch
 from monai.data import MetaTensor
 
 from medkd_ext.metrics import SEGMENTATION_METRICS, SegmentationReport, segmentation_report
+from medkd_ext.metrics.segmentation import SEGMENTATION_COUNTS
 
 
 def _cube(shape, *slices) -> torch.Tensor:
@@ -73,34 +74,127 @@ def test_index_and_one_hot_inputs_agree_multiclass():
     assert [r["class"] for r in with_bg] == [0, 1, 2]
 
 
-def test_empty_masks_give_nan_excluded_from_means_and_counted():
-    shape = (8, 8, 8)
-    good_p = _cube(shape, slice(2, 6), slice(2, 6), slice(2, 6))
-    good_l = _cube(shape, slice(2, 6), slice(2, 6), slice(3, 7))  # DSC 0.75
-    empty = torch.zeros(1, 1, *shape)
+# Empty masks (every case counts). A 10 x 10 x 10 volume with spacing (1, 1, 2) mm spans 10 x 10 x 20 mm:
+# its diagonal, the HD95 of a case with exactly one empty mask, is sqrt(10^2 + 10^2 + 20^2) = sqrt(600) mm.
+SHAPE = (10, 10, 10)
+SPACING = (1.0, 1.0, 2.0)
+DIAGONAL_MM = math.sqrt(10**2 + 10**2 + 20**2)
+
+
+def _slabs():
+    """Two 2 x 8 x 8 slabs shifted by one voxel along the first axis (spacing 1 mm there): |A| = |B| = 128,
+    |A n B| = 64, so IoU 1/3, DSC, Recall and Precision 1/2; half the surface distances are 0, half 1 mm: HD95 1."""
+    label = _cube(SHAPE, slice(3, 5), slice(1, 9), slice(1, 9))
+    pred = _cube(SHAPE, slice(4, 6), slice(1, 9), slice(1, 9))
+    return pred, label
+
+
+@pytest.mark.parametrize(
+    "spacing, diagonal",
+    [(SPACING, DIAGONAL_MM), (None, math.sqrt(300)), (2.0, 2 * math.sqrt(300))],
+    ids=["mm", "voxels", "isotropic"],
+)
+def test_empty_prediction_scores_zero_and_hd95_the_image_diagonal(spacing, diagonal):
+    _, label = _slabs()
+    row = segmentation_report(torch.zeros_like(label), label, spacing=spacing)["rows"][0]
+    assert row["empty"] == "prediction"
+    assert (row["IoU"], row["DSC"], row["Recall"], row["Precision"]) == (0.0, 0.0, 0.0, 0.0)
+    assert row["HD95"] == pytest.approx(diagonal)
+
+
+def test_empty_reference_scores_zero_hd95_the_diagonal_and_no_recall():
+    pred, _ = _slabs()
+    row = segmentation_report(pred, torch.zeros_like(pred), spacing=SPACING)["rows"][0]
+    assert row["empty"] == "reference"
+    assert (row["IoU"], row["DSC"], row["Precision"]) == (0.0, 0.0, 0.0)
+    assert row["HD95"] == pytest.approx(DIAGONAL_MM)
+    assert math.isnan(row["Recall"])  # undefined: no reference voxel to recall
+
+
+def test_both_empty_score_one_and_hd95_zero():
+    empty = torch.zeros(1, 1, *SHAPE)
+    row = segmentation_report(empty, empty, spacing=SPACING)["rows"][0]
+    assert row["empty"] == "both"
+    assert (row["IoU"], row["DSC"], row["Recall"], row["Precision"], row["HD95"]) == (1.0, 1.0, 1.0, 1.0, 0.0)
+
+
+def test_diagonal_follows_each_cases_spacing_2d():
+    # 6 x 8 pixels: diagonal 10 pixels; with spacing (0.5, 2) mm it spans 3 x 16 mm: diagonal sqrt(265) mm
+    label = torch.zeros(2, 1, 6, 8)
+    label[:, 0, 1:3, 1:3] = 1
+    rows = segmentation_report(torch.zeros_like(label), label, spacing=[(1.0, 1.0), (0.5, 2.0)])["rows"]
+    assert [r["HD95"] for r in rows] == pytest.approx([10.0, math.sqrt(265)])
+
+
+def test_mixed_batch_means_count_every_case():
+    pred, label = _slabs()
+    empty = torch.zeros_like(label)
+    preds = torch.cat([pred, empty, pred, empty])
+    labels = torch.cat([label, label, empty, empty])
     report = SegmentationReport(num_classes=2)
-    report.update(good_p, good_l, case_id="good")
-    report.update(empty, good_l, case_id="missed")  # nothing predicted
-    report.update(good_p, empty, case_id="false_alarm")  # nothing to find
-    report.update(empty, empty, case_id="both_empty")
+    report.update(preds, labels, case_id=["good", "missed", "false_alarm", "both_empty"], spacing=SPACING)
     rows = {r["case"]: r for r in report.rows()}
-    missed, alarm, both = rows["missed"], rows["false_alarm"], rows["both_empty"]
-    assert missed["DSC"] == 0 and missed["IoU"] == 0 and missed["Recall"] == 0
-    assert math.isnan(missed["Precision"]) and math.isnan(missed["HD95"])
-    assert alarm["Precision"] == 0
-    assert all(math.isnan(alarm[m]) for m in ("IoU", "DSC", "Recall", "HD95"))
-    assert all(math.isnan(both[m]) for m in SEGMENTATION_METRICS)
+    assert rows["good"]["empty"] == "none"
+    assert rows["good"]["IoU"] == pytest.approx(1 / 3) and rows["good"]["DSC"] == pytest.approx(0.5)
+    assert rows["good"]["HD95"] == pytest.approx(1.0, abs=1e-5)
 
     cls1, pooled = report.means()
     assert cls1["class"] == 1 and pooled["class"] == "all"
-    assert cls1["cases"] == 4
-    assert cls1["DSC"] == pytest.approx((0.75 + 0.0) / 2)
-    assert cls1["DSC_nan"] == 2
-    assert cls1["Precision"] == pytest.approx((0.75 + 0.0) / 2)
-    assert cls1["Precision_nan"] == 2
-    assert cls1["HD95"] == pytest.approx(rows["good"]["HD95"])
-    assert cls1["HD95_nan"] == 3
-    assert pooled["DSC"] == pytest.approx(cls1["DSC"])
+    assert cls1["IoU"] == pytest.approx((1 / 3 + 0 + 0 + 1) / 4)
+    assert cls1["DSC"] == pytest.approx((0.5 + 0 + 0 + 1) / 4)
+    assert cls1["Precision"] == pytest.approx((0.5 + 0 + 0 + 1) / 4)
+    assert cls1["Recall"] == pytest.approx((0.5 + 0 + 1) / 3)  # the false alarm has no Recall
+    assert cls1["HD95"] == pytest.approx((1.0 + DIAGONAL_MM + DIAGONAL_MM + 0.0) / 4, abs=1e-5)
+    assert [cls1[f"{m}_nan"] for m in SEGMENTATION_METRICS] == [0, 0, 1, 0, 0]  # IoU DSC Recall Precision HD95
+    counts = {"n_cases": 4, "n_empty_prediction": 1, "n_empty_reference": 1, "n_both_empty": 1}
+    assert {n: cls1[n] for n in SEGMENTATION_COUNTS} == counts
+    assert {n: pooled[n] for n in SEGMENTATION_COUNTS} == counts and cls1["cases"] == 4
+    assert pooled["HD95"] == pytest.approx(cls1["HD95"])
+
+
+def test_missing_a_lesion_worsens_the_mean_hd95():
+    """Adding a case with nothing predicted must not improve the mean HD95 (it used to leave the mean)."""
+    pred, label = _slabs()
+    report = SegmentationReport()
+    report.update(pred, label, spacing=SPACING)
+    before = report.means()[0]["HD95"]
+    report.update(torch.zeros_like(label), label, spacing=SPACING)
+    assert report.means()[0]["HD95"] > before
+
+
+def test_counts_per_class_multiclass():
+    # case 0: class 2 is in the label but not predicted; case 1: class 2 in neither
+    label = torch.zeros(2, 1, 6, 8, dtype=torch.long)
+    label[:, 0, :2, :2] = 1
+    label[0, 0, 4:, 4:] = 2
+    pred = label.clone()
+    pred[0, 0, 4:, 4:] = 0
+    means = {m["class"]: m for m in segmentation_report(pred, label, num_classes=3)["means"]}
+    assert [means[1][n] for n in SEGMENTATION_COUNTS] == [2, 0, 0, 0]
+    assert [means[2][n] for n in SEGMENTATION_COUNTS] == [2, 1, 0, 1]
+    assert [means["all"][n] for n in SEGMENTATION_COUNTS] == [4, 1, 0, 1]
+    assert means[2]["DSC"] == pytest.approx((0 + 1) / 2)
+    assert means[2]["HD95"] == pytest.approx((10.0 + 0.0) / 2)  # 6 x 8 pixels: diagonal 10
+
+
+def test_csv_and_markdown_report_the_counts(tmp_path):
+    pred, label = _slabs()
+    empty = torch.zeros_like(label)
+    report = SegmentationReport()
+    report.update(torch.cat([pred, empty, pred]), torch.cat([label, label, empty]), case_id=["a", "b", "c"])
+    report.to_csv(tmp_path / "m.csv")
+    with open(tmp_path / "m.csv") as f:
+        lines = {(line["case"], line["class"]): line for line in csv.DictReader(f)}
+    mean = lines[("mean", "1")]
+    assert [mean[n] for n in SEGMENTATION_COUNTS] == ["3", "1", "1", "0"]
+    assert [lines[("b", "1")][n] for n in SEGMENTATION_COUNTS] == ["1", "1", "0", "0"]  # a case row counts itself
+    assert float(lines[("b", "1")]["HD95"]) == pytest.approx(math.sqrt(300))
+    assert lines[("nan_count", "1")]["Recall"] == "1" and lines[("nan_count", "1")]["n_cases"] == ""
+    text = report.to_markdown()
+    header = "| class | IoU | DSC | Recall | Precision | HD95 | n_cases | n_empty_prediction | n_empty_reference |"
+    assert header + " n_both_empty |" in text
+    assert text.splitlines()[-2].endswith("| 3 | 1 | 1 | 0 |")  # class 1
+    assert "| b | 1 | 0.0000 | 0.0000 | 0.0000 | 0.0000 | 17.3205 | prediction |" in text
 
 
 def test_means_pool_all_classes_like_monai_mean():
@@ -139,11 +233,12 @@ def test_csv_and_markdown_files(tmp_path):
         lines = list(csv.DictReader(f))
     assert [line["case"] for line in lines] == ["p1", "p2", "mean", "nan_count", "mean", "nan_count"]
     assert float(lines[0]["DSC"]) == pytest.approx(0.75)
-    assert lines[3]["Precision"] == "1" and lines[3]["DSC"] == "0"
+    assert float(lines[2]["Precision"]) == pytest.approx(0.75 / 2)  # p2's empty prediction scores 0
+    assert lines[3]["Precision"] == "0" and lines[3]["DSC"] == "0"
     text = report.to_markdown(tmp_path / "m.md")
     assert (tmp_path / "m.md").read_text() == text
     assert "| p1 | 1 | 0.6000 | 0.7500 |" in text
-    assert "(1 nan)" in text
+    assert "nan" not in text.split("Means over cases")[1].split("\n", 1)[1]  # nothing left out of the means
 
 
 @pytest.mark.parametrize(

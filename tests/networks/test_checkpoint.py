@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
 
 from medkd_ext.networks import FrozenTeacher, load_state_dict, save_state_dict
+from medkd_ext.networks.checkpoint import file_sha256
 
 
 def make_net(seed: int = 0, width: int = 4) -> nn.Sequential:
@@ -173,3 +176,26 @@ def test_save_rejects_non_state_dicts(tmp_path):
     with pytest.raises(TypeError, match="'lr' -> float"):
         save_state_dict({"lr": 0.1}, tmp_path / "x.pt")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_weight_file_changed_after_its_record_is_refused_with_its_name(tmp_path):
+    """``save_settings`` records the SHA-256 of the finished checkpoint; ``load_state_dict`` refuses a file whose
+    bytes no longer have it (replaced or truncated), naming the file and the record; without a record nothing is
+    checked."""
+    from medkd_ext.engines import save_settings
+
+    network = nn.Linear(3, 2)
+    path = tmp_path / "teacher_0.pt"
+    save_state_dict(network, path)
+    save_settings(path, {"num_classes": 2})
+    assert json.loads((tmp_path / "teacher_0.json").read_text())["sha256"] == file_sha256(path)
+    load_state_dict(nn.Linear(3, 2), path)
+    save_state_dict(nn.Linear(3, 2), path)  # same keys and shapes: only the record can tell
+    with pytest.raises(ValueError, match=r"teacher_0.pt' is not the file that was trained.*teacher_0.json"):
+        load_state_dict(nn.Linear(3, 2), path)
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(ValueError, match="SHA-256"):
+        load_state_dict(nn.Linear(3, 2), path)
+    (tmp_path / "teacher_0.json").unlink()
+    with pytest.raises(ValueError, match="could not be read"):  # truncated, no record: torch's error, with the file
+        load_state_dict(nn.Linear(3, 2), path)

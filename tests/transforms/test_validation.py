@@ -148,3 +148,21 @@ def test_image_channels_refuses_another_spatial_dimension_naming_the_file():
         EnsureImageChannelsd("image", channels=1, spatial_dims=3)({"image": torch.zeros(1, 8, 8)})
     out = EnsureImageChannelsd("image", channels=3, spatial_dims=3)({"image": volume})["image"]
     assert out.shape == (3, 8, 8, 4)
+
+
+def test_case_layout_spatial_dims_and_image_channels():
+    two_channels = _case(image=torch.rand(2, 6, 6, 4))
+    ValidateCased(channels=2, spatial_dims=3)(two_channels)  # the label's one channel is not an image channel
+    with pytest.raises(ValueError, match=r"img_007.nii.gz' \(key 'image'\) has 2 channels .* \(in_channels=1\)"):
+        ValidateCased(channels=1)(two_channels)
+    flat = {"image": _meta(torch.rand(1, 6, 6), "/data/slice.nii.gz"), "label": _meta(torch.zeros(1, 6, 6), "/l")}
+    expected = r"slice.nii.gz' \(key 'image'\) is 2D \(shape \(6, 6\)\) but the network is 3D"
+    with pytest.raises(ValueError, match=expected):
+        ValidateCased(num_classes=2, spatial_dims=3)(flat)
+    ValidateCased(num_classes=2, channels=1)(flat)  # no spatial_dims: any dimension
+    image_only = ValidateCased(keys="image", label_key=None, channels=1, spatial_dims=3)
+    image_only({"image": torch.zeros(1, 4, 4, 4)})
+    with pytest.raises(ValueError, match="has 3 channels"):
+        image_only({"image": torch.zeros(3, 4, 4, 4)})
+    with pytest.raises(ValueError, match="channels must be a positive int or None, got 0"):
+        ValidateCased(channels=0)
