@@ -4,6 +4,8 @@ Imaging") and its baselines, as the pieces ``bundles/roskd_classification`` asse
 - :func:`prepare_training_items`: label checks, a patient-level train/validation split and simulated label noise on
   the training split only;
 - :func:`teacher_subset`: the training subset of teacher ``i`` (``overlapping_subsets``, Sec. III-A);
+  :func:`teacher_data`, :func:`teacher_paths`, :func:`teacher_training_items`: which teacher set a method distils
+  (overlapping subsets for RoS-KD and Baseline V, the whole training split for Baselines II and III);
 - :func:`load_teachers`, :func:`roskd_loss_terms`, :func:`uses_smoothing`: one key, ``method``, selects RoS-KD or
   one of the paper's baselines (Sec. IV-C): which teachers are distilled, with which loss, and whether the final
   model is the smooth parameter average ``M_smooth`` (eq. 1).
@@ -43,7 +45,11 @@ __all__ = [
     "roskd_loss_terms",
     "save_final_network",
     "supervised_loss",
+    "teacher_data",
+    "teacher_paths",
     "teacher_subset",
+    "teacher_training_items",
+    "TEACHER_DATA",
     "uses_smoothing",
 ]
 
@@ -304,6 +310,43 @@ def save_final_network(
     if bn_loader is not None:
         recompute_batchnorm(network, bn_loader, device)
     return save_state_dict(network, path)
+
+
+TEACHER_DATA = {"roskd": "subsets", "roskd_no_smoothing": "subsets", "hinton_kd": "full", "uniform_mkd": "full"}
+"""The data the teachers of a ``method`` are trained on. RoS-KD and Baseline V distil teachers trained on the ``k``
+overlapping subsets; Baseline II (Hinton KD from DenseNet-121) and Baseline III ("conventional ensemble KD", whose
+teachers "use the same training dataset", RoS-KD Sec. I and Fig. 3) distil teachers trained on the whole training
+split; Baseline I has none."""
+
+
+def teacher_data(method: str) -> str | None:
+    """``"subsets"``, ``"full"`` or ``None``: what the teachers of ``method`` are trained on (:data:`TEACHER_DATA`)."""
+    return TEACHER_DATA.get(check_method(method))
+
+
+def teacher_paths(ckpt_dir: str | os.PathLike, num_teachers: int, data: str | None) -> list[str]:
+    """The ``k`` teacher checkpoints of a teacher set: ``teacher_<i>.pt`` (overlapping subsets, and Baseline I's
+    unused default) or ``teacher_full_<i>.pt`` (the whole training split), so both sets live in one ``ckpt_dir``."""
+    stem = "teacher_full" if data == "full" else "teacher"
+    return [os.path.join(os.fspath(ckpt_dir), f"{stem}_{i}.pt") for i in range(int(num_teachers))]
+
+
+def teacher_training_items(
+    train_items: Sequence[dict[str, Any]],
+    data: str | None,
+    num_teachers: int,
+    overlap: float,
+    index: int,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Training cases of teacher ``index``: its overlapping subset (:func:`teacher_subset`) when ``data`` is
+    ``"subsets"``, the whole (noisy) training split when it is ``"full"``."""
+    if data == "full":
+        return list(train_items)
+    if data != "subsets":
+        raise ValueError(f"the teachers' data must be 'subsets' or 'full', got {data!r}; method 'student_only' has "
+                         "no teachers to train (give --train_teachers false).")
+    return teacher_subset(train_items, num_teachers, overlap, index, seed)
 
 
 def teacher_subset(

@@ -145,6 +145,28 @@ def test_teachers_see_exactly_their_subsets(demo, tmp_path):
         assert all("clean_label" not in d for d in parser.get_parsed_content("splits")["validation"])
 
 
+def test_baselines_ii_and_iii_distil_teachers_trained_on_the_whole_training_split(demo, tmp_path):
+    """The paper's definitions: RoS-KD and Baseline V distil the teachers of the k overlapping subsets, Baselines II
+    and III ("conventional ensemble KD") teachers trained on the whole training split, kept apart in ckpt_dir;
+    Baseline I trains none."""
+    models = tmp_path / "models"
+    sizes = {}
+    for method in ("roskd", "roskd_no_smoothing", "hinton_kd", "uniform_mkd"):
+        parsers = stage_parsers(BUNDLE, _overrides(tmp_path, demo / "mc", method=method))
+        train = parsers["student"].get_parsed_content("splits")["train"]
+        teacher = parsers["teacher_1"]
+        sizes[method] = len(teacher.get_parsed_content("train#dataset#data"))
+        full = method in ("hinton_kd", "uniform_mkd")
+        expected = models / ("teacher_full_1.pt" if full else "teacher_1.pt")
+        assert teacher.get_parsed_content("stage_ckpt") == str(expected)
+        assert parsers["student"].get_parsed_content("teacher_settings")["teacher_data"] == ("full" if full else
+                                                                                            "subsets")
+        assert (sizes[method] == len(train)) == full, method
+    assert sizes["roskd"] == sizes["roskd_no_smoothing"] < sizes["uniform_mkd"] == sizes["hinton_kd"]
+    parser = stage_parsers(BUNDLE, _overrides(tmp_path, demo / "mc", method="student_only"))["student"]
+    assert not any(s.enabled for s in parser.get_parsed_content("stages")[0])  # no teacher for the student alone
+
+
 def test_every_id_given_to_train_json_reaches_every_stage(demo, tmp_path):
     """No forwarding list: top-level and nested ids given to train.json are in every stage's config (weight_decay and
     lr_milestones once reached teacher 0 only, and a nested teacher_defs id reached no teacher)."""
@@ -214,8 +236,8 @@ def test_one_key_selects_the_method(method, teachers, weighting, smoothing, demo
     overrides = _overrides(tmp_path, demo / "mc", method=method)
     workflow = _workflow("train.json", overrides)
     defs = workflow.parser.get_parsed_content("teacher_defs")
-    for i, network in enumerate(defs):
-        save_state_dict(network, tmp_path / "models" / f"teacher_{i}.pt")
+    for network, path in zip(defs, workflow.parser.get_parsed_content("teacher_ckpts")):  # the method's teacher set
+        save_state_dict(network, path)
     trainer = workflow.parser.get_parsed_content("train#trainer")
     assert sorted(trainer.teachers) == teachers
     kd = trainer.loss_terms.get("kd")
