@@ -125,6 +125,18 @@ def test_bundle_checks(trained, demo, tmp_path):
     check_export(BUNDLE, trained / "models" / "model.pt", tmp_path, (2, 1, 64, 64), {"bundle_root": str(BUNDLE)})
 
 
+@pytest.mark.parametrize("mode, changed", [("symmetric_exclusive", 1.0), ("symmetric", 0.75)])
+def test_noise_rate_is_the_fraction_of_labels_changed(demo, tmp_path, mode, changed):
+    """With the default ``noise_mode`` a corrupted label always changes (one of the other C - 1 classes), so
+    ``noise_rate`` is the fraction changed; ``symmetric`` (the KD study's) may redraw the same class: about (C-1)/C."""
+    given = {} if mode == "symmetric_exclusive" else {"noise_mode": mode}  # the default, or the KD study's
+    parser = _workflow("train.json", _overrides(tmp_path, demo / "mc", noise_rate=1.0, **given)).parser
+    assert parser.get_parsed_content("noise_mode") == mode
+    train = parser.get_parsed_content("splits")["train"]
+    fraction = sum(d["label"] != d["clean_label"] for d in train) / len(train)
+    assert fraction == pytest.approx(changed, abs=0.0 if changed == 1.0 else 0.2)
+
+
 def test_teachers_see_exactly_their_subsets(demo, tmp_path):
     expected = None
     for index in (0, 3):
