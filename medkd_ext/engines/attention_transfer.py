@@ -24,7 +24,13 @@ from medkd_ext.networks.checkpoint import _strip_wrapper_prefixes, apply_state_d
 from medkd_ext.networks.frozen import unwrap_network
 from medkd_ext.utils import is_positive_int
 
-__all__ = ["from_torchvision_densenet", "load_densenet_teacher", "load_matching_weights", "unfreeze_last_layers"]
+__all__ = [
+    "check_attention_maps",
+    "from_torchvision_densenet",
+    "load_densenet_teacher",
+    "load_matching_weights",
+    "unfreeze_last_layers",
+]
 
 _CLASSIFIER = "class_layers.out.weight"
 # torchvision "denselayer1.norm1.weight" (older: "denselayer1.norm.1.weight"); MONAI "denselayer1.layers.norm1.weight"
@@ -216,3 +222,62 @@ def _keep_statistics_frozen(module: nn.Module, frozen: bool) -> None:
         module._medkd_frozen_statistics = None
     if frozen:
         module._medkd_frozen_statistics = module.register_forward_pre_hook(_eval_mode)
+
+
+def check_attention_maps(
+    student: nn.Module,
+    teacher: nn.Module,
+    student_layer: str,
+    teacher_layer: str,
+    input_size: int | list[int],
+    spatial_dims: int,
+    in_channels: int,
+) -> list[int]:
+    """Refuse, before any stage trains, an input size at which attention transfer does nothing.
+
+    An attention map of one position is constant once L2-normalised (eq. 1), so the attention term would have no
+    gradient and the "distilled" student would be the cross-entropy baseline under another name: DenseNet-121's
+    attention-transfer layer is at 1/32 of the input, so a 32x32 crop gives it 1x1 maps (64x64 gives 2x2, the paper's
+    256x256 gives 8x8). Both networks run once on a zero input of ``input_size`` (the crop the networks see) to read
+    their maps' sizes.
+
+    Args:
+        student: the student network; ``student_layer`` its attention-transfer layer.
+        teacher: the teacher network; ``teacher_layer`` its attention-transfer layer.
+        input_size: the network input's size (``crop_size``), one int for every axis or one per axis.
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+
+    Returns:
+        the teacher's map size.
+
+    Raises:
+        ValueError: naming the layer, its map size and the smallest input size that gives more than one position.
+    """
+    from medkd_ext.networks.taps import FeatureTaps
+    from medkd_ext.transforms import spatial_size
+
+    size = list(spatial_size(input_size, spatial_dims))
+    shapes = {}
+    for role, network, layer in (("teacher", teacher, teacher_layer), ("student", student, student_layer)):
+        inner = unwrap_network(network)
+        device = next(inner.parameters()).device
+        was_training = inner.training
+        inner.eval()
+        try:
+            with torch.no_grad(), FeatureTaps(inner, [layer]) as taps:
+                inner(torch.zeros(1, in_channels, *size, device=device))
+                shapes[role] = (layer, list(taps[layer].shape[2:]))
+        finally:
+            inner.train(was_training)
+    flat = [(role, layer, shape) for role, (layer, shape) in shapes.items() if int(torch.tensor(shape).prod()) <= 1]
+    if flat:
+        role, layer, shape = flat[0]
+        factor = max(n // max(m, 1) for n, m in zip(size, shape, strict=True))
+        raise ValueError(
+            f"crop_size {size}: the {role}'s attention-transfer layer '{layer}' gives {'x'.join(map(str, shape))} "
+            f"maps, whose one position is constant once normalised, so attention transfer would do nothing. Use a "
+            f"crop_size (and image_size) of at least {2 * factor} (maps of 2 positions per axis; the paper's 256 "
+            "gives 8x8), or --baseline true to train with cross-entropy alone."
+        )
+    return shapes["teacher"][1]

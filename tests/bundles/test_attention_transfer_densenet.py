@@ -51,7 +51,7 @@ def overrides(root: Path, **extra) -> dict:
         "dataset_dir": str(root / "data"),
         "ckpt_dir": str(root / "models"),
         "output_dir": str(root / "eval"),
-        "image_size": 32,
+        "image_size": 64,  # the smallest at which attention transfer does something: DenseNet-121's maps are 2x2
         "batch_size": 8,
         "max_epochs": 1,
         "teacher_max_epochs": 1,
@@ -272,12 +272,13 @@ def test_paper_overlay(demo):
 @pytest.mark.slow
 def test_paper_json_runs_end_to_end_with_only_sizes_reduced(demo, tmp_path):
     """``paper.json`` (DenseNet-121 teacher, DenseNet-40 student, Adam 5e-5, beta 20) for one epoch per stage at
-    64 px cropped to 56, then the evaluation reading the crop from ``model.json``."""
-    values = overrides(demo, ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"), image_size=64,
-                       crop_size=56, batch_size=8)
+    96 px cropped to 80 (DenseNet-121's attention maps 2x2), then the evaluation reading the crop from
+    ``model.json``."""
+    values = overrides(demo, ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"), image_size=96,
+                       crop_size=80, batch_size=8)
     run_stage([CONFIGS / "train.json", CONFIGS / "paper.json"], values)
     record = json.loads((tmp_path / "models" / "model.json").read_text())
-    assert (record["image_size"], record["crop_size"]) == (64, 56)
+    assert (record["image_size"], record["crop_size"]) == (96, 80)
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_samples"] == 8
 
 
@@ -304,7 +305,7 @@ def test_every_id_given_to_train_json_reaches_every_stage(demo, tmp_path):
 @pytest.mark.slow
 def test_3d_train_and_attention_maps(tmp_path):
     make_classification_demo(tmp_path / "data", seed=2, spatial_dims=3, n_cases=12, n_test=2, size=16)
-    values = overrides(tmp_path, spatial_dims=3, image_size=32, batch_size=4, num_attention_cases=1)
+    values = overrides(tmp_path, spatial_dims=3, image_size=64, batch_size=4, num_attention_cases=1)
     run_stage(CONFIGS / "train.json", values)
     run_stage([CONFIGS / "train.json", CONFIGS / "attention_maps.json"], values)
     maps = sorted((tmp_path / "eval" / "attention_maps").glob("*.nii.gz"))
@@ -349,8 +350,8 @@ def test_booleans_from_the_command_line(demo, text):
 
 @pytest.mark.slow
 def test_evaluation_and_inference_read_the_trained_settings(trained, tmp_path):
-    """Trained at 32 pixels on the test's own data: evaluate.json and inference.json need neither."""
-    assert json.loads((trained / "models" / "model.json").read_text())["image_size"] == 32
+    """Trained at 64 pixels on the test's own data: evaluate.json and inference.json need neither."""
+    assert json.loads((trained / "models" / "model.json").read_text())["image_size"] == 64
     plain = {"ckpt_dir": str(trained / "models"), "output_dir": str(tmp_path / "ev"), "device": "cpu"}
     run_stage([CONFIGS / "train.json", CONFIGS / "evaluate.json"], plain)
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["num_samples"] == 8  # not the demo's 100
@@ -358,15 +359,15 @@ def test_evaluation_and_inference_read_the_trained_settings(trained, tmp_path):
     run_stage(CONFIGS / "inference.json", infer, workflow_type="infer")
     assert len(json.loads((tmp_path / "inf" / "probabilities.json").read_text())) == 40
     with pytest.raises(Exception) as info:
-        run_stage(CONFIGS / "inference.json", {**infer, "image_size": 64}, workflow_type="infer")
-    assert "image_size: trained with 32, this run has 64" in str(_cause(info.value, ValueError))
+        run_stage(CONFIGS / "inference.json", {**infer, "image_size": 96}, workflow_type="infer")
+    assert "image_size: trained with 64, this run has 96" in str(_cause(info.value, ValueError))
 
 
 @pytest.mark.slow
 def test_your_data_as_the_readme_says(tmp_path):
     """The README's "Your data" commands, as written, on a multi-label CSV with patients and a test split, at image
-    size 40: evaluation and inference read the trained settings, and their probabilities agree image by image."""
+    size 72: evaluation and inference read the trained settings, and their probabilities agree image by image."""
     check_your_data_classification(
-        BUNDLE, tmp_path, "--max_epochs 1 --teacher_max_epochs 1 --batch_size 8 --image_size 40",
-        trained={"image_size": 40, "crop_size": 40},
+        BUNDLE, tmp_path, "--max_epochs 1 --teacher_max_epochs 1 --batch_size 8 --image_size 72",
+        trained={"image_size": 72, "crop_size": 72},
     )

@@ -36,7 +36,7 @@ JOINT_SOURCE = ["train.json", "train_target_teacher.json", "train_source_teacher
 
 TINY = {  # ids that make a run that wrongly trains finish in seconds
     ROSKD: {"max_epochs": 1, "teacher_max_epochs": 1, "batch_size": 4},
-    AT: {"image_size": 32, "max_epochs": 1, "teacher_max_epochs": 1, "batch_size": 4},
+    AT: {"image_size": 64, "max_epochs": 1, "teacher_max_epochs": 1, "batch_size": 4},
     JOINT: {
         "target_teacher_max_epochs": 1, "source_teacher_max_epochs": 1, "joint_max_epochs": 1, "max_epochs": 1,
         "val_interval": 1, "roi_size": [24, 24, 24], "teacher_width": 4, "student_width": 4, "max_tokens": 64,
@@ -451,6 +451,11 @@ def unknown_tap(tmp: Path, data: Data) -> dict:
     return {"datalist": _datalist(data.c2, tmp / "d.json"), "student_layer": "features.denseblock2.denselayer99"}
 
 
+def attention_maps_of_one_position(tmp: Path, data: Data) -> dict:
+    """32x32 crops: DenseNet-121's attention-transfer maps are 1x1, constant once normalised."""
+    return {"datalist": _datalist(data.c2, tmp / "d.json"), "image_size": 32}
+
+
 def unknown_feature_layer(tmp: Path, data: Data) -> dict:
     return {"dataset_dir": _seg(data, tmp)[0], "train#trainer#feature_layer": "model.1.submodule.9"}
 
@@ -618,9 +623,11 @@ CATALOGUE = [
     entry("wrong_type_override", JOINT, TRAIN, wrong_type(JOINT), ["max_epochs = 'abc' is not an integer"]),
     entry("more_teachers_than_cases", ROSKD, TRAIN, more_teachers_than_cases,
           ["stage 'teacher_0'", "num_teachers (k) = 5 is larger than the training set"]),
-    entry("unknown_layer", AT, TRAIN, unknown_tap,
-          ["stage 'student'", "no sub-module named 'features.denseblock2.denselayer99'",
+    entry("unknown_layer", AT, TRAIN, unknown_tap,  # found before any stage, by the attention-map size check
+          ["no sub-module named 'features.denseblock2.denselayer99'",
            "features.denseblock2.denselayer12"]),
+    entry("attention_maps_of_one_position", AT, TRAIN, attention_maps_of_one_position,
+          ["crop_size [32, 32]", "'features.denseblock4.denselayer15.layers' gives 1x1 maps", "at least 64"]),
     entry("unknown_layer", JOINT, JOINT_SOURCE, unknown_feature_layer,
           ["no sub-module named 'model.1.submodule.9'", "valid names near"]),
     entry("unwritable_ckpt_dir", ROSKD, TRAIN, unwritable("ckpt_dir"), ["cannot write", "{tmp}/blocker/out"]),

@@ -31,7 +31,7 @@ BUNDLES = {
     ),
     "attention_transfer_densenet": (
         lambda root: _classification_data(root, 1, 32),
-        ["--image_size", "32", "--batch_size", "8", "--max_epochs", "3", "--teacher_max_epochs", "2"],
+        ["--image_size", "64", "--batch_size", "8", "--max_epochs", "3", "--teacher_max_epochs", "2"],
         {0: "teacher", -1: "student"},  # the teacher is reused when present: not when it was interrupted
     ),
     "joint_teacher_seg": (
