@@ -385,8 +385,16 @@ def run_stages(
     base = current_config() if base_config is None else base_config
     check_override_types(base, Path(config_dir) / "train.json")
     resume = _resume_flag(base)
+    flat = _flatten(stages)
+    interrupted = [(s.name, state_path(o)) for s in flat if s.enabled for o in s.outputs[:1] if state_path(o).is_file()]
+    if interrupted and not resume:
+        logger.warning(
+            "an earlier run was interrupted in stage %s (its training state: %s); this run starts every stage over. "
+            "To skip the stages that finished and continue that one, run the same command with --resume true.",
+            interrupted[0][0], interrupted[0][1],
+        )
     times: dict[str, float] = {}
-    for stage in _flatten(stages):
+    for stage in flat:
         if not stage.enabled:
             logger.info("stage %s skipped: not enabled", stage.name)
             times[stage.name] = 0.0
@@ -404,6 +412,9 @@ def run_stages(
             if reason is None:
                 logger.info("stage %s skipped (--resume true): it finished with these settings, its outputs %s are "
                             "as it wrote them", stage.name, stage.outputs)
+                for output in stage.outputs:  # a later, interrupted rerun of a finished stage: its output stands
+                    if state_path(output).is_file():
+                        state_path(output).unlink()
                 times[stage.name] = 0.0
                 continue
             logger.info("stage %s runs (--resume true): %s", stage.name, reason)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from monai.bundle import ConfigWorkflow
@@ -209,6 +210,21 @@ def test_resume_skips_a_finished_stage_only_while_its_settings_and_outputs_are_u
     (tmp_path / "log.txt").unlink()
     _run([config_dir / "train.json"], source="other")  # without --resume every stage runs, as before
     assert _lines(tmp_path)[0] == "a:other:2"
+
+
+def test_an_interrupted_run_is_announced_and_a_finished_stage_keeps_its_output(config_dir, tmp_path, caplog):
+    """Without --resume, the log says that an earlier run was interrupted and how to continue it; with --resume, a
+    finished stage whose state file is left by a later interrupted rerun is skipped and that state removed."""
+    _run([config_dir / "train.json"])
+    state = tmp_path / "state" / "out_a"
+    state.write_text("state of a rerun killed in its first epochs")
+    with caplog.at_level(logging.WARNING, logger="medkd_ext.engines.stages"):
+        _run([config_dir / "train.json"], resume="true")
+    assert "was interrupted in stage" not in caplog.text and not state.exists()
+    state.write_text("state of an interrupted run")
+    with caplog.at_level(logging.WARNING, logger="medkd_ext.engines.stages"):
+        _run([config_dir / "train.json"])
+    assert "interrupted in stage a" in caplog.text and "--resume true" in caplog.text
 
 
 def test_reused_outputs_of_an_interrupted_stage_are_not_reused(config_dir, tmp_path):
