@@ -205,9 +205,14 @@ def stage_config(
 
 
 def stage_workflow(
-    base_config: Mapping[str, Any], stage: Stage, config_dir: str | os.PathLike, workflow_type: str = "train"
+    base_config: Mapping[str, Any],
+    stage: Stage,
+    config_dir: str | os.PathLike,
+    workflow_type: str = "train",
+    config: Mapping[str, Any] | None = None,
 ) -> ConfigWorkflow:
-    """A MONAI ``ConfigWorkflow`` (not initialised) over :func:`stage_config`."""
+    """A MONAI ``ConfigWorkflow`` (not initialised) over :func:`stage_config` (or ``config``, when the caller has
+    built it already)."""
     config_dir = Path(config_dir)
     logging_file = config_dir / "logging.conf"
     workflow = ConfigWorkflow(
@@ -217,7 +222,7 @@ def stage_workflow(
         workflow_type=workflow_type,
     )
     workflow.config_root_path = config_dir
-    workflow.parser.set(stage_config(base_config, stage, config_dir))
+    workflow.parser.set(dict(config) if config is not None else stage_config(base_config, stage, config_dir))
     return workflow
 
 
@@ -421,7 +426,7 @@ def run_stages(
         logger.info("running stage %s", stage.name)
         start = time.perf_counter()
         try:
-            _run_workflow(stage_workflow(base, stage, config_dir))
+            _run_workflow(stage_workflow(base, stage, config_dir, config=copy.deepcopy(config)))
         except BaseException as error:
             if not hasattr(error, STAGE_ATTRIBUTE):
                 try:

@@ -31,7 +31,7 @@ def test_one_vocabulary_and_one_layout(bundle):
     # train.json runs its stages (after checks that refuse bad settings before any stage trains); each stage is an
     # overlay, the last one the evaluation on the test split
     assert train["run"][-1] == "$medkd_ext.engines.run_stages(@stages, @bundle_root + '/configs')"
-    assert all(".check_" in step for step in train["run"][:-1]), train["run"]
+    assert all("check_" in step for step in train["run"][:-1]), train["run"]
     assert train["stages"][-2]["config"] == "train_student.json" and train["stages"][-1]["config"] == "evaluate.json"
     assert "$medkd_ext.engines.set_num_threads(@num_threads)" in train["initialize"]
     # evaluate.json is an overlay on validate#, as in the model zoo
