@@ -109,7 +109,7 @@ class DomainAdversarialTrainer(SupervisedTrainer):
         self._target_batches = LoaderCycle(loader, "DomainAdversarialTrainer: the target loader")
 
     def _restart_target(self, engine: DomainAdversarialTrainer) -> None:
-        engine._target_batches.restart()
+        engine._target_batches.restart(epoch=engine.state.epoch)
 
     def _forward(self, engine: DomainAdversarialTrainer, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pred = engine.inferer(inputs, engine.network)

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from medkd_ext.distributed import is_main_process
 from medkd_ext.networks.checkpoint import file_sha256, record_path
 
 __all__ = ["check_recorded", "recorded", "save_settings", "settings_path"]
@@ -49,7 +50,8 @@ def save_settings(ckpt_file: str | os.PathLike, *settings: Mapping[str, Any]) ->
     """Write ``settings`` (dicts of id -> resolved value, merged) beside ``ckpt_file``, atomically; return the file.
 
     The record also holds ``ckpt_file``'s SHA-256 (``"sha256"``) when the file exists, which
-    :func:`medkd_ext.networks.load_state_dict` checks at every load: call this once the checkpoint is final.
+    :func:`medkd_ext.networks.load_state_dict` checks at every load: call this once the checkpoint is final. Under
+    torchrun only rank 0 writes it.
 
     Raises:
         TypeError: a value that JSON cannot hold (the message names the id).
@@ -66,6 +68,8 @@ def save_settings(ckpt_file: str | os.PathLike, *settings: Mapping[str, Any]) ->
         except TypeError as error:
             raise TypeError(f"save_settings: '{key}' = {value!r} cannot be recorded as JSON ({error}).") from error
         content[key] = plain
+    if not is_main_process():  # under torchrun rank 0 writes the checkpoint and its record
+        return path
     if Path(ckpt_file).is_file():
         content["sha256"] = file_sha256(ckpt_file)
     path.parent.mkdir(parents=True, exist_ok=True)

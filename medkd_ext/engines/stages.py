@@ -36,6 +36,16 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import merge_kv
 from torch import nn
 
+from medkd_ext.distributed import (
+    ONE_PER_RANK_ENV,
+    barrier,
+    gather_objects,
+    is_distributed,
+    is_main_process,
+    rank,
+    stage_scope,
+    world_size,
+)
 from medkd_ext.engines.settings import check_recorded
 from medkd_ext.errors import STAGE_ATTRIBUTE
 from medkd_ext.handlers.resume import config_differences, state_path
@@ -94,6 +104,10 @@ class Stage:
         reuse_outputs: skip the stage when every output exists already (a teacher trained once, or given by the user,
             and reused), unless a training state beside them shows that the stage was interrupted
             (:func:`medkd_ext.handlers.state_path`): then it runs again, or continues with ``--resume true``.
+        one_per_rank: under torchrun with as many processes as there are consecutive ``one_per_rank`` stages (RoS-KD's
+            k teachers on k GPUs), rank ``r`` trains the ``r``-th of them alone, in a process of its own on its own
+            device, as a single-process run would; with another number of processes they run one after the other,
+            each on every rank.
     """
 
     name: str
@@ -102,6 +116,7 @@ class Stage:
     outputs: Sequence[str | os.PathLike] = ()
     enabled: bool | str = True
     reuse_outputs: bool | str = False
+    one_per_rank: bool | str = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -115,6 +130,7 @@ class Stage:
         self.ids = dict(self.ids)
         self.enabled = as_flag(self.enabled, f"stage '{self.name}' enabled")
         self.reuse_outputs = as_flag(self.reuse_outputs, f"stage '{self.name}' reuse_outputs")
+        self.one_per_rank = as_flag(self.one_per_rank, f"stage '{self.name}' one_per_rank")
 
     def command(self, bundle_root: str | os.PathLike | None = None) -> str:
         """The command line that runs this stage alone (the base workflow plus the stage's overlays).
@@ -299,7 +315,7 @@ def _resume_flag(config: Mapping[str, Any]) -> bool:
 
 def _record_completion(stage: Stage, config: Mapping[str, Any]) -> None:
     """After ``stage`` finished: record its config and its outputs' SHA-256; remove its training state."""
-    if not stage.outputs:
+    if not stage.outputs or not is_main_process():
         return
     record = {
         "stage": stage.name,
@@ -362,6 +378,116 @@ def check_writable(folders: Mapping[str, str | os.PathLike]) -> None:
             ) from error
 
 
+def _name_stage(error: BaseException, stage: Stage) -> None:
+    if not hasattr(error, STAGE_ATTRIBUTE):
+        try:
+            setattr(error, STAGE_ATTRIBUTE, stage.name)  # the last line of the run names it (medkd_ext.errors)
+        except AttributeError:
+            pass
+
+
+def _config_to_run(
+    stage: Stage, base: Mapping[str, Any], config_dir: str | os.PathLike, resume: bool, times: dict[str, float]
+) -> dict[str, Any] | None:
+    """The raw config ``stage`` runs with, or ``None`` (and its time 0.0 in ``times``) when it is skipped."""
+    if not stage.enabled:
+        logger.info("stage %s skipped: not enabled", stage.name)
+        times[stage.name] = 0.0
+        return None
+    if stage.reuse_outputs and stage.outputs and all(Path(o).is_file() for o in stage.outputs):
+        interrupted = [str(state_path(o)) for o in stage.outputs if state_path(o).is_file()]
+        if not interrupted:
+            logger.info("stage %s skipped: its outputs %s exist", stage.name, stage.outputs)
+            times[stage.name] = 0.0
+            return None
+        logger.info("stage %s runs although its outputs exist: it was interrupted (%s)", stage.name, interrupted)
+    config = stage_config(base, stage, config_dir)
+    if resume:
+        reason = _completed(stage, config)
+        if reason is None:
+            logger.info("stage %s skipped (--resume true): it finished with these settings, its outputs %s are "
+                        "as it wrote them", stage.name, stage.outputs)
+            barrier()  # every rank has decided before rank 0 removes a state file another rank may still read
+            for output in stage.outputs:  # a later, interrupted rerun of a finished stage: its output stands
+                if is_main_process() and state_path(output).is_file():
+                    state_path(output).unlink()
+            times[stage.name] = 0.0
+            return None
+        logger.info("stage %s runs (--resume true): %s", stage.name, reason)
+    return config
+
+
+def _finish(stage: Stage, config: Mapping[str, Any]) -> None:
+    missing = [o for o in stage.outputs if not Path(o).is_file()]
+    if missing:
+        raise RuntimeError(f"stage '{stage.name}' finished without writing {missing}; see its log above.")
+    _record_completion(stage, config)
+    barrier()
+
+
+def _one_per_rank_group(flat: Sequence[Stage], index: int) -> list[Stage]:
+    """The consecutive ``one_per_rank`` stages from ``index`` when there is one per rank, else ``[]``."""
+    if not is_distributed() or not flat[index].one_per_rank:
+        return []
+    group = []
+    for stage in flat[index:]:
+        if not stage.one_per_rank:
+            break
+        group.append(stage)
+    if len(group) != world_size():
+        if index == 0 or not flat[index - 1].one_per_rank:
+            logger.info("%d one-per-rank stages for %d processes: each runs on every rank, one after the other",
+                        len(group), world_size())
+        return []
+    return group
+
+
+def _run_one_per_rank(
+    group: Sequence[Stage], base: Mapping[str, Any], config_dir: str | os.PathLike, resume: bool
+) -> dict[str, float]:
+    """Rank ``r`` runs ``group[r]`` alone: a ``python -m monai.bundle run`` of its config without torchrun's
+    environment (``LOCAL_RANK`` stays, so ``multi_gpu_train.json``'s device is this rank's GPU), so that it trains as a
+    single-process run does; every rank then checks every output and rank 0 records them."""
+    times: dict[str, float] = {}
+    configs = [_config_to_run(stage, base, config_dir, resume, times) for stage in group]
+    stage, config = group[rank()], configs[rank()]
+    outcome: tuple[str, int, float] = (stage.name, 0, 0.0)
+    if config is not None:
+        logger.info("running stage %s alone on rank %d", stage.name, rank())
+        outcome = _run_alone(stage, config, Path(config_dir))
+    outcomes = gather_objects(outcome)
+    failed = [(name, r, code) for r, (name, code, _) in enumerate(outcomes) if code != 0]
+    if failed:
+        name, r, code = failed[0]
+        raise RuntimeError(f"stage '{name}' failed on rank {r} (exit status {code}); see that rank's log above.")
+    for (name, _, seconds), stage, config in zip(outcomes, group, configs, strict=True):
+        if config is None:
+            continue
+        times[name] = seconds
+        logger.info("stage %s finished in %.1f s", name, seconds)
+        _finish(stage, config)
+    return times
+
+
+def _run_alone(stage: Stage, config: Mapping[str, Any], config_dir: Path) -> tuple[str, int, float]:
+    """``stage`` with ``config`` as a process of its own, outside the process group; (name, exit status, seconds)."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHELASTIC_", "GROUP_", "ROLE_"))
+           and k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+    env[ONE_PER_RANK_ENV] = str(rank())
+    with tempfile.TemporaryDirectory(prefix=f"medkd-{stage.name}-") as folder:
+        config_file = Path(folder) / "config.json"
+        config_file.write_text(json.dumps(dict(config), default=str), encoding="utf-8")
+        command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config_file),
+                   "--meta_file", str(config_dir / "metadata.json")]
+        if (config_dir / "logging.conf").is_file():
+            command += ["--logging_file", str(config_dir / "logging.conf")]
+        start = time.perf_counter()
+        code = subprocess.run(command, env=env, check=False).returncode
+    return stage.name, code, time.perf_counter() - start
+
+
 def run_stages(
     stages: Iterable[Stage | Iterable[Stage]],
     config_dir: str | os.PathLike,
@@ -399,47 +525,30 @@ def run_stages(
             interrupted[0][0], interrupted[0][1],
         )
     times: dict[str, float] = {}
-    for stage in flat:
-        if not stage.enabled:
-            logger.info("stage %s skipped: not enabled", stage.name)
-            times[stage.name] = 0.0
-            continue
-        if stage.reuse_outputs and stage.outputs and all(Path(o).is_file() for o in stage.outputs):
-            interrupted = [str(state_path(o)) for o in stage.outputs if state_path(o).is_file()]
-            if not interrupted:
-                logger.info("stage %s skipped: its outputs %s exist", stage.name, stage.outputs)
-                times[stage.name] = 0.0
+    with stage_scope():
+        index = 0
+        while index < len(flat):
+            group = _one_per_rank_group(flat, index)
+            if group:
+                times.update(_run_one_per_rank(group, base, config_dir, resume))
+                index += len(group)
                 continue
-            logger.info("stage %s runs although its outputs exist: it was interrupted (%s)", stage.name, interrupted)
-        config = stage_config(base, stage, config_dir)
-        if resume:
-            reason = _completed(stage, config)
-            if reason is None:
-                logger.info("stage %s skipped (--resume true): it finished with these settings, its outputs %s are "
-                            "as it wrote them", stage.name, stage.outputs)
-                for output in stage.outputs:  # a later, interrupted rerun of a finished stage: its output stands
-                    if state_path(output).is_file():
-                        state_path(output).unlink()
-                times[stage.name] = 0.0
+            stage = flat[index]
+            index += 1
+            config = _config_to_run(stage, base, config_dir, resume, times)
+            if config is None:
                 continue
-            logger.info("stage %s runs (--resume true): %s", stage.name, reason)
-        logger.info("running stage %s", stage.name)
-        start = time.perf_counter()
-        try:
-            _run_workflow(stage_workflow(base, stage, config_dir, config=copy.deepcopy(config)))
-        except BaseException as error:
-            if not hasattr(error, STAGE_ATTRIBUTE):
-                try:
-                    setattr(error, STAGE_ATTRIBUTE, stage.name)  # the last line of the run names it (medkd_ext.errors)
-                except AttributeError:
-                    pass
-            raise
-        times[stage.name] = time.perf_counter() - start
-        logger.info("stage %s finished in %.1f s", stage.name, times[stage.name])
-        missing = [o for o in stage.outputs if not Path(o).is_file()]
-        if missing:
-            raise RuntimeError(f"stage '{stage.name}' finished without writing {missing}; see its log above.")
-        _record_completion(stage, config)
+            logger.info("running stage %s", stage.name)
+            start = time.perf_counter()
+            try:
+                _run_workflow(stage_workflow(base, stage, config_dir, config=copy.deepcopy(config)))
+            except BaseException as error:
+                _name_stage(error, stage)
+                raise
+            barrier()  # rank 0 has written the stage's outputs before any rank looks for them
+            times[stage.name] = time.perf_counter() - start
+            logger.info("stage %s finished in %.1f s", stage.name, times[stage.name])
+            _finish(stage, config)
     return times
 
 

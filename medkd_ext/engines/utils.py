@@ -9,6 +9,7 @@ import torch
 from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
+from torch.utils.data.distributed import DistributedSampler
 
 __all__ = ["LoaderCycle", "optimisation_step"]
 
@@ -70,9 +71,19 @@ class LoaderCycle:
         self.loader = loader
         self.name = name
         self._iterator: Iterator | None = None
+        self._passes = 0
 
-    def restart(self) -> None:
-        """Start a new pass over the loader."""
+    def restart(self, epoch: int | None = None) -> None:
+        """Start a new pass over the loader.
+
+        Args:
+            epoch: given to the loader's ``DistributedSampler`` (torchrun), which shuffles by seed and epoch; default
+                the number of passes started so far.
+        """
+        sampler = getattr(self.loader, "sampler", None)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(self._passes if epoch is None else int(epoch))
+        self._passes += 1
         self._iterator = iter(self.loader)
 
     def __iter__(self) -> LoaderCycle:

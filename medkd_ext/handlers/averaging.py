@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from medkd_ext.distributed import is_distributed, world_size
 from medkd_ext.networks.checkpoint import save_state_dict
 
 __all__ = ["SmoothAveragingHandler", "recompute_batchnorm"]
@@ -39,7 +41,9 @@ def recompute_batchnorm(
 
     As ``torch.optim.swa_utils.update_bn`` does: the statistics are reset, accumulated as a cumulative average
     (``momentum=None``) over one pass of the loader with the network in ``train()`` mode, and the layers'
-    momenta and the network's mode are restored afterwards. Parameters are not changed.
+    momenta and the network's mode are restored afterwards. Parameters are not changed. Under torchrun each rank
+    passes over its part of the loader (equal numbers of batches) and the statistics are averaged over the ranks, so
+    every rank holds the average over all the batches, as one process passing over the whole loader would.
 
     Args:
         network: network whose BatchNorm statistics are recomputed in place.
@@ -70,6 +74,13 @@ def recompute_batchnorm(
     network.train(was_training)
     if seen == 0:
         raise ValueError("recompute_batchnorm: the loader yielded no batch; BatchNorm statistics are reset.")
+    if is_distributed():
+        for m in norms:
+            for stat in (m.running_mean, m.running_var):
+                if stat is not None:
+                    dist.all_reduce(stat)
+                    stat /= world_size()
+            dist.all_reduce(m.num_batches_tracked)
     return True
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
+from medkd_ext.distributed import gather_objects, is_distributed
 from medkd_ext.engines.distillation import loss_terms_output
 
 __all__ = ["NonFiniteLossError", "StopOnNonFiniteLoss"]
@@ -60,6 +61,13 @@ class StopOnNonFiniteLoss:
         values = {str(k): float(v) for k, v in self.output_transform(engine.state.output).items()}
         values = dict(sorted(values.items(), key=lambda kv: kv[0] != "loss"))  # the total first, then the terms
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if is_distributed():  # under torchrun every rank stops at the same iteration, none waits for the others
+            flags = gather_objects(bool(bad))
+            if any(flags) and not bad:
+                raise NonFiniteLossError(
+                    f"the training loss is not finite on rank {flags.index(True)} at epoch {engine.state.epoch}, "
+                    f"iteration {engine.state.iteration}; see that rank's error above."
+                )
         if bad:
             raise NonFiniteLossError(self.message(engine, bad, values))
 

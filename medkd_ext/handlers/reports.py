@@ -14,6 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import from_engine
 
+from medkd_ext.distributed import gather_objects, is_main_process
 from medkd_ext.metrics.classification import (
     ClassificationMetric,
     PredictionCollector,
@@ -88,7 +89,9 @@ class ClassificationReportHandler:
         self._collector.add(probs, labels)
 
     def _write(self, engine: Engine) -> None:
-        self.report = self._collector.report(self.multi_label, self.class_names)
+        self.report = self._collector.report(self.multi_label, self.class_names)  # every rank's cases, on every rank
+        if not is_main_process():
+            return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         stem = self.output_dir / self.prefix
         (stem.with_suffix(".json")).write_text(json.dumps(self.report, indent=2, default=float))
@@ -146,6 +149,9 @@ class SegmentationReportHandler:
             self.report.update(pred.unsqueeze(0), label.unsqueeze(0), case_id=source_filename(label), spacing=spacing)
 
     def _write(self, engine: Engine) -> None:
+        self.report.gather()  # every rank's cases, on every rank
+        if not is_main_process():
+            return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.report.to_csv(self.output_dir / f"{self.prefix}.csv")
         self.report.to_markdown(self.output_dir / f"{self.prefix}.md")
@@ -195,6 +201,9 @@ class ProbabilityWriter:
             self.entries.append({"image": source, "probabilities": dict(zip(names, values, strict=True))})
 
     def _write(self, engine: Engine) -> None:
+        self.entries = [entry for part in gather_objects(self.entries) for entry in part]  # every rank's cases
+        if not is_main_process():
+            return
         self.output_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.output_file.with_name(self.output_file.name + ".tmp")
         tmp.write_text(json.dumps(self.entries, indent=2))

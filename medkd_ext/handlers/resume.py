@@ -42,6 +42,7 @@ from monai.transforms import Randomizable, Transform
 from torch import nn
 
 from medkd_ext.networks.checkpoint import atomic_save
+from medkd_ext.networks.frozen import unwrap_network
 
 __all__ = ["RUN_ONLY_IDS", "TrainingState", "config_differences", "state_path"]
 
@@ -215,6 +216,8 @@ class TrainingState:
         found: dict[str, Any] = {}
         for name in ("network", "optimizer", "scaler", "loss_function", "discriminator"):
             obj = getattr(engine, name, None)
+            if name == "network" and obj is not None:
+                obj = unwrap_network(obj)  # DistributedDataParallel under torchrun: the network's own keys
             if obj is not None and _has_state(obj):
                 found[name] = obj
         for term_name, term in (getattr(engine, "loss_terms", None) or {}).items():
@@ -326,7 +329,7 @@ class TrainingState:
         self._load(engine, saved)
 
     def _epoch_completed(self, engine: Engine) -> None:
-        atomic_save(self._state(engine), self.path)
+        atomic_save(self._state(engine), self.path)  # rank 0 only under torchrun; every rank loads it
 
     # loading ----------------------------------------------------------------------------------------------------
     def _read(self) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from ignite.metrics import Metric
 from monai.handlers import from_engine
 from scipy.stats import rankdata
 
+from medkd_ext.distributed import gather_objects
+
 __all__ = ["binary_auc", "classification_report", "report_to_csv", "report_to_markdown"]
 
 _ArrayLike = torch.Tensor | np.ndarray | Sequence
@@ -314,7 +316,11 @@ def _as_rows(values: Any) -> torch.Tensor:
 
 
 class PredictionCollector:
-    """Accumulates probabilities and labels of several batches for :func:`classification_report`."""
+    """Accumulates probabilities and labels of several batches for :func:`classification_report`.
+
+    Under torchrun each rank collects its part of the cases and :meth:`report` (collective: every rank calls it)
+    reports on every rank's cases together.
+    """
 
     def __init__(self) -> None:
         self.probs: list[torch.Tensor] = []
@@ -325,10 +331,12 @@ class PredictionCollector:
         self.labels.append(_as_rows(labels))
 
     def report(self, multi_label: bool, class_names: Sequence[str] | None) -> dict[str, Any]:
-        if not self.probs:
+        local = (torch.cat(self.probs), torch.cat(self.labels)) if self.probs else None
+        parts = [part for part in gather_objects(local) if part is not None]
+        if not parts:
             raise ValueError("classification report: no prediction was collected; is the evaluator's dataset empty?")
-        probs = torch.cat(self.probs).numpy()
-        labels = torch.cat(self.labels).numpy()
+        probs = torch.cat([p for p, _ in parts]).numpy()
+        labels = torch.cat([lab for _, lab in parts]).numpy()
         if not multi_label and labels.ndim == 2 and labels.shape[1] == 1:
             labels = labels[:, 0]
         return classification_report(probs, labels.astype(np.int64), multi_label=multi_label, class_names=class_names)

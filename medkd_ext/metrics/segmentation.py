@@ -41,6 +41,8 @@ from monai.metrics import (
 )
 from monai.networks.utils import one_hot
 
+from medkd_ext.distributed import gather_objects
+
 __all__ = ["SEGMENTATION_COUNTS", "SEGMENTATION_METRICS", "SegmentationReport", "segmentation_report"]
 
 SEGMENTATION_METRICS: tuple[str, ...] = ("IoU", "DSC", "Recall", "Precision", "HD95")
@@ -213,6 +215,14 @@ class SegmentationReport:
         """Forget every row."""
         self._rows = []
         self._cases_seen = 0
+
+    def gather(self) -> None:
+        """Under torchrun, take every rank's rows (in rank order), so that each rank reports on all the cases the ranks
+        saw between them. Collective: every rank calls it; a no-op in a single process."""
+        parts = gather_objects((self._rows, self._cases_seen))
+        if len(parts) > 1:
+            self._rows = [row for rows, _ in parts for row in rows]
+            self._cases_seen = sum(seen for _, seen in parts)
 
     def update(
         self,

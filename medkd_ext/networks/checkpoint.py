@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medkd_ext.distributed import is_main_process
 from medkd_ext.networks.frozen import unwrap_network
 
 __all__ = [
@@ -110,12 +111,15 @@ def atomic_save(obj: object, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` atomically: a temporary file in the same folder, flushed to disk, then renamed
     over ``path`` (``os.replace``), so ``path`` holds the previous or the new content, never a partial file, even when
     the process is killed while writing. Missing parent folders are created; the file gets the mode a plain ``open()``
-    would give it.
+    would give it. Under torchrun only rank 0 writes (:func:`medkd_ext.distributed.is_main_process`); the other ranks
+    hold the same weights and return at once.
 
     Returns:
         ``path`` as a ``Path``.
     """
     path = Path(path)
+    if not is_main_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
