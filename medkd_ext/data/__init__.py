@@ -11,6 +11,18 @@ from .noise import LABEL_NOISE_MODES, apply_label_noise_to_items, inject_label_n
 from .parts import ALL_CASES, datalist_part
 from .sampling import overlapping_subsets, patient_split, power_law_counts, power_law_imbalance
 from .segmentation import require_cases, segmentation_datalists
+from .views import (
+    CASE_KEY,
+    CROP_KEY,
+    VIEW_KEY,
+    TeacherCacheDataset,
+    data_fingerprint,
+    draw_view,
+    randomizables,
+    seed_randomizables,
+    transform_signature,
+    view_seed,
+)
 
 # The demo package is imported on first use of one of its names: it needs scipy, which nothing else here does.
 # (It is also run as python -m medkd_ext.data.demo; its __main__ module is never imported, so runpy does not warn.)
@@ -40,6 +52,16 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ALL_CASES",
+    "CASE_KEY",
+    "CROP_KEY",
+    "VIEW_KEY",
+    "TeacherCacheDataset",
+    "data_fingerprint",
+    "draw_view",
+    "randomizables",
+    "seed_randomizables",
+    "transform_signature",
+    "view_seed",
     "IMAGE_SUFFIXES",
     "datalist_part",
     "CLASSIFICATION_CLASS_NAMES",

@@ -39,6 +39,7 @@ from medkd_ext.engines.stages import (
     stage_hint,
     stage_workflow,
 )
+from medkd_ext.engines.teacher_cache import TeacherOutputCache, teacher_fingerprint, teacher_output_cache, teacher_views
 
 __all__ = [
     "DomainAdversarialTrainer",
@@ -71,4 +72,8 @@ __all__ = [
     "loss_parameters",
     "MultiHeadTrainer",
     "DatasetRounds",
+    "TeacherOutputCache",
+    "teacher_fingerprint",
+    "teacher_output_cache",
+    "teacher_views",
 ]

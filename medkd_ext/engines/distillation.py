@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.engines import SupervisedTrainer
@@ -21,6 +21,9 @@ from medkd_ext.engines.utils import optimisation_step
 from medkd_ext.networks.frozen import FrozenTeacher
 from medkd_ext.networks.taps import FeatureTaps
 from medkd_ext.utils import global_avg_pool
+
+if TYPE_CHECKING:
+    from medkd_ext.engines.teacher_cache import TeacherOutputCache
 
 __all__ = ["DistillationTrainer", "LossTerm", "loss_parameters", "PRED", "LABEL", "ALL_TEACHERS", "loss_terms_output"]
 
@@ -111,6 +114,9 @@ class DistillationTrainer(SupervisedTrainer):
         loss_terms: :class:`LossTerm` objects or dicts with its fields (as written in a bundle config).
         loss_function: ignored placeholder kept for ``SupervisedTrainer`` compatibility; the supervised part of
             the objective is a term with ``teacher="label"``.
+        teacher_cache: a :class:`~medkd_ext.engines.TeacherOutputCache` over the training loader's
+            :class:`~medkd_ext.data.TeacherCacheDataset`: the teachers then run once per (case, view) and later
+            epochs read their outputs. ``None`` (default): the teachers run on every batch.
         kwargs: every other ``SupervisedTrainer`` argument (``amp``, ``train_handlers``, ``inferer``, ...).
     """
 
@@ -124,6 +130,7 @@ class DistillationTrainer(SupervisedTrainer):
         teachers: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module],
         loss_terms: Sequence[LossTerm | Mapping[str, Any]],
         loss_function: Callable | None = None,
+        teacher_cache: TeacherOutputCache | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -173,6 +180,9 @@ class DistillationTrainer(SupervisedTrainer):
             )
             for name in self.teachers
         }
+        self.teacher_cache = teacher_cache
+        if teacher_cache is not None:
+            teacher_cache.attach(self)
 
     @staticmethod
     def _named_teachers(teachers: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module]) -> dict[str, nn.Module]:
@@ -238,10 +248,25 @@ class DistillationTrainer(SupervisedTrainer):
                     "\"$list(@network.parameters()) + list(@<loss id>.parameters())\"."
                 )
 
-    def _run_teachers(self, inputs: torch.Tensor, args: tuple, kwargs: dict) -> dict[str, dict[str, Any]]:
-        """Each teacher's output and tapped features, as ordinary tensors without autograd history."""
+    def teacher_sources(self, term_name: str) -> list[tuple[str, str]]:
+        """The (teacher name, source) pairs loss term ``term_name`` reads: ``"pred"`` or a tapped layer of each of its
+        teachers; empty for a supervised term."""
+        term = self.loss_terms[term_name]
+        if term.supervised:
+            return []
+        names = self._term_teachers[term_name]
+        return [(name, source) for name in names for source in self._teacher_layers(term, name)]
+
+    def _run_teachers(
+        self, inputs: torch.Tensor, args: tuple, kwargs: dict, names: Iterable[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Each teacher's output and tapped features, as ordinary tensors without autograd history (only the teachers
+        ``names`` when given)."""
         outputs: dict[str, dict[str, Any]] = {}
+        wanted = None if names is None else set(names)
         for name, teacher in self.teachers.items():
+            if wanted is not None and name not in wanted:
+                continue
             pred = self.inferer(inputs, teacher, *args, **kwargs)
             values: dict[str, Any] = {PRED: pred} if self._teacher_needs_pred[name] else {}
             if name in self.teacher_taps:
@@ -280,7 +305,10 @@ class DistillationTrainer(SupervisedTrainer):
         else:
             inputs, targets, args, kwargs = batch
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
-        teacher_values = engine._run_teachers(inputs, args, kwargs)
+        if engine.teacher_cache is None:
+            teacher_values = engine._run_teachers(inputs, args, kwargs)
+        else:
+            teacher_values = engine.teacher_cache.teacher_values(engine, batchdata, inputs, args, kwargs)
 
         def _forward() -> dict[str, Any]:
             pred = engine.inferer(inputs, engine.network, *args, **kwargs)

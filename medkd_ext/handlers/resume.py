@@ -41,6 +41,7 @@ from ignite.engine import Engine, Events
 from monai.transforms import Randomizable, Transform
 from torch import nn
 
+from medkd_ext.data.views import randomizables
 from medkd_ext.networks.checkpoint import atomic_save
 from medkd_ext.networks.frozen import unwrap_network
 
@@ -50,9 +51,10 @@ logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
 
-RUN_ONLY_IDS = ("resume", "num_threads", "num_workers", "device")
+RUN_ONLY_IDS = ("resume", "num_threads", "num_workers", "device", "teacher_cache_max_memory_mb")
 """Top-level ids that change how a run executes but not what it computes: they may differ between an interrupted run
-and the run that resumes it (``--resume true`` itself, the CPU threads, the loader workers, the device)."""
+and the run that resumes it (``--resume true`` itself, the CPU threads, the loader workers, the device, the memory
+the teacher-output cache may take)."""
 
 
 def state_path(ckpt_file: str | os.PathLike) -> Path:
@@ -110,21 +112,6 @@ def _handler_owners(engine: Engine) -> list[Any]:
 
 def _has_state(obj: Any) -> bool:
     return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
-
-
-def _randomizables(obj: Any, found: list[Randomizable], seen: set[int]) -> None:
-    """Every MONAI ``Randomizable`` in a transform, recursively: ``Compose`` members and the transforms a transform
-    holds in its attributes (``RandScaleIntensityd.scaler``, ``RandCropByPosNegLabeld.cropper``, ... each draw from a
-    ``RandomState`` of their own)."""
-    if id(obj) in seen:
-        return
-    seen.add(id(obj))
-    if isinstance(obj, Randomizable):
-        found.append(obj)
-    for value in vars(obj).values() if hasattr(obj, "__dict__") else ():
-        for item in value if isinstance(value, (list, tuple)) else (value,):
-            if isinstance(item, (Transform, Randomizable)):
-                _randomizables(item, found, seen)
 
 
 def _loaders(engine: Engine) -> list[Any]:
@@ -277,11 +264,14 @@ class TrainingState:
         seen: set[int] = set()
         for loader in _loaders(engine):
             dataset = getattr(loader, "dataset", None)
-            if isinstance(dataset, Randomizable):
-                _randomizables(dataset, found, seen)
             transform = getattr(dataset, "transform", None)
-            if isinstance(transform, (Transform, Randomizable)):
-                _randomizables(transform, found, seen)
+            roots = [d for d in (dataset,) if isinstance(d, Randomizable)]
+            roots += [t for t in (transform,) if isinstance(t, (Transform, Randomizable))]
+            for root in roots:
+                for obj in randomizables(root):
+                    if id(obj) not in seen:
+                        seen.add(id(obj))
+                        found.append(obj)
         return found
 
     def _state(self, engine: Engine) -> dict[str, Any]:

@@ -58,3 +58,29 @@ def test_config_size_and_no_copied_blocks():
             blocks = {tuple(lines[i : i + 8]) for i in range(len(lines) - 7)}
             for block in blocks:
                 assert seen.setdefault(block, f.name) == f.name, f"{bundle.name}: {f.name} repeats {seen[block]}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda b: b.name)
+def test_the_teacher_cache_is_one_id_and_reaches_the_student_only(bundle):
+    """``teacher_cache_views`` (default 0: off) wraps the training dataset in views for the stage that distils from
+    frozen teachers (the student) and the trainer reads the cache there; every other training stage trains on the
+    plain, freely augmented dataset."""
+    from monai.bundle import ConfigParser
+
+    from medkd_ext.engines import Stage, stage_config
+
+    train = _config(bundle, "train.json")
+    assert train["teacher_cache_views"] == 0 and train["train"]["dataloader"]["dataset"] == "@train#views"
+    assert train["train"]["trainer"]["teacher_cache"] == "@train#teacher_cache"
+    for entry in train["stages"]:
+        config = entry["config"]
+        stage = Stage(name="s", config=config if isinstance(config, list) else [config])
+        merged = ConfigParser(stage_config(train, stage, bundle / "configs"))
+        views = merged.get("train#views")
+        trainer = merged.get("train#trainer")
+        if "train_student.json" in stage.config:
+            assert views.startswith("$medkd_ext.engines.teacher_views(@train#dataset, @teacher_cache_views")
+            assert trainer["teacher_cache"] == "@train#teacher_cache"
+        elif "evaluate.json" not in stage.config:
+            assert views == "@train#dataset", stage.config
+            assert "teacher_cache" not in trainer, stage.config
