@@ -27,8 +27,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils.data.distributed import DistributedSampler
 
 __all__ = [
+    "FixedShardSampler",
     "average_gradients",
     "barrier",
     "distributed_device",
@@ -169,7 +171,7 @@ def gather_objects(obj: Any) -> list[Any]:
 
 
 def shard_sampler(
-    dataset: Sized, shuffle: bool = True, seed: int = 0, even_divisible: bool = True
+    dataset: Sized, shuffle: bool = True, seed: int = 0, even_divisible: bool = True, fixed: bool = False
 ) -> torch.utils.data.Sampler | None:
     """The sampler of a loader under torchrun: each rank its part of ``dataset``; ``None`` in a single process.
 
@@ -185,9 +187,14 @@ def shard_sampler(
         shuffle: shuffle (with ``seed`` and the epoch) before sharding.
         seed: the run's seed.
         even_divisible: pad to equal parts.
+        fixed: each rank keeps the same cases every epoch (:class:`FixedShardSampler`), shuffled within its part:
+            with the teacher-output cache (``teacher_cache_views`` > 0) a rank then caches and reads its own cases
+            only, instead of every case coming to every rank in turn.
     """
     if not is_distributed():
         return None
+    if fixed:
+        return FixedShardSampler(dataset, shuffle=shuffle, seed=seed)
     from monai.data import DistributedSampler
 
     if not even_divisible and len(dataset) < world_size():
@@ -196,6 +203,39 @@ def shard_sampler(
                            world_size())
         even_divisible = True
     return DistributedSampler(dataset, even_divisible=even_divisible, shuffle=shuffle, seed=int(seed))
+
+
+class FixedShardSampler(DistributedSampler):
+    """Rank ``r`` of ``n`` takes the cases ``r, r + n, r + 2n, ...`` every epoch (padded with its first cases to the
+    length of the largest part, so every rank runs the same iterations), in an order shuffled by seed and epoch. A
+    ``DistributedSampler``, so MONAI's trainers call its ``set_epoch``.
+
+    Args:
+        dataset: the loader's dataset.
+        shuffle: shuffle the rank's part every epoch (``set_epoch``, which MONAI's trainers call).
+        seed: the run's seed.
+    """
+
+    def __init__(self, dataset: Sized, shuffle: bool = True, seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle, seed=int(seed))
+        self.world = self.num_replicas
+        self.indices = list(range(self.rank, len(dataset), self.world))
+        self.length = -(-len(dataset) // self.world)
+        if not self.indices:
+            raise ValueError(
+                f"FixedShardSampler: {len(dataset)} cases for {self.world} ranks: rank {self.rank} has none."
+            )
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(self.indices)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            indices = [indices[i] for i in torch.randperm(len(indices), generator=g).tolist()]
+        indices += indices[: self.length - len(indices)]
+        return iter(indices)
 
 
 def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:

@@ -123,6 +123,13 @@ def collectives() -> dict:
     # every rank's part of a validation set: 5 cases, each seen once
     sampler = distributed.shard_sampler(list(range(5)), shuffle=False, even_divisible=False)
     seen = distributed.gather_objects(list(sampler))
+    # fixed shards (teacher-output cache): the same cases on a rank every epoch, in another order
+    fixed = distributed.shard_sampler(list(range(5)), shuffle=True, seed=0, fixed=True)
+    epochs = []
+    for epoch in (1, 2):
+        fixed.set_epoch(epoch)
+        epochs.append(list(fixed))
+    fixed_parts = distributed.gather_objects(epochs)
     # classification report over every rank's predictions
     collector = PredictionCollector()
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8]]) if r == 0 else torch.tensor([[0.3, 0.7]])
@@ -152,7 +159,7 @@ def collectives() -> dict:
         stopped = None
     except NonFiniteLossError as error:
         stopped = (engine.state.iteration, str(error))
-    return {"stopped": stopped, "seen": seen, "accuracy": report["accuracy"],
+    return {"fixed": fixed_parts, "stopped": stopped, "seen": seen, "accuracy": report["accuracy"],
             "cases": sorted(row["case"] for row in seg._rows), "p": p.grad, "q": q.grad, "mean": bn[0].running_mean}
 
 
@@ -160,6 +167,9 @@ def collectives() -> dict:
 def test_collectives_cover_every_rank(tmp_path):
     result = _spawn("collectives", tmp_path)
     assert sorted(i for part in result["seen"] for i in part) == [0, 1, 2, 3, 4]  # each case once
+    (rank0_e1, rank0_e2), (rank1_e1, rank1_e2) = result["fixed"]
+    assert sorted(rank0_e1) == sorted(rank0_e2) == [0, 2, 4]  # rank 0 keeps its cases
+    assert set(rank1_e1) == set(rank1_e2) == {1, 3} and len(rank1_e1) == 3  # padded to the same length
     assert result["accuracy"] == pytest.approx(2 / 3)  # 3 predictions of 2 ranks, 2 right
     assert result["cases"] == ["case_0", "case_1"]
     torch.testing.assert_close(result["p"], torch.full((3,), 1.5))
