@@ -9,6 +9,7 @@ Each bundle's own config helpers live in one submodule named after its method, i
 - ``medkd_ext.engines.joint_teacher``: ``bundles/joint_teacher_seg`` (the multi-level distillation terms).
 """
 
+from medkd_ext.engines.acceleration import acceleration
 from medkd_ext.engines.adversarial import DomainAdversarialTrainer
 from medkd_ext.engines.distillation import (
     ALL_TEACHERS,
@@ -42,6 +43,7 @@ from medkd_ext.engines.stages import (
 from medkd_ext.engines.teacher_cache import TeacherOutputCache, teacher_fingerprint, teacher_output_cache, teacher_views
 
 __all__ = [
+    "acceleration",
     "DomainAdversarialTrainer",
     "DistillationTrainer",
     "LossTerm",

@@ -228,11 +228,18 @@ def _chain(error: BaseException):
 
 @pytest.mark.parametrize("text,expected", [("false", False), ("0", False), ("true", True), ("True", True)])
 def test_amp_from_the_command_line(tmp_path, text, expected):
-    """``--amp false`` (a string on the command line) turns mixed precision off in every stage."""
+    """``--amp false`` (a string on the command line) turns mixed precision off in every stage; ``--amp true`` turns
+    it on in every stage on CUDA and is ignored on the CPU (``medkd_ext.engines.acceleration``)."""
     make_segmentation_demo(tmp_path / "data", seed=0, size=(24, 24, 24), n_target_train=2, n_target_test=1, n_source=1)
-    parsers = stage_parsers(BUNDLE, _tiny(tmp_path, amp=text))
+    for device, on in (("cpu", False), ("cuda", expected)):  # the CUDA config is parsed, not run
+        parsers = stage_parsers(BUNDLE, {**_tiny(tmp_path, amp=text), "device": f"$torch.device('{device}')"})
+        for name, parser in parsers.items():
+            if name == "evaluate":  # its spatial_dims is read from the trained model's record: not here
+                continue
+            assert parser.get_parsed_content("use_amp") is on, (device, name)
+            assert parser.get_parsed_content("amp_kwargs") == ({"dtype": torch.float16} if on else {}), name
+            assert parser.get_parsed_content("non_blocking") is (device == "cuda"), name
     for name, parser in parsers.items():
-        assert parser.get_parsed_content("use_amp") is expected, name
         assert parser["validate"]["evaluator"]["amp"] == "@use_amp", name
         if name != "evaluate":
             assert parser["train"]["trainer"]["amp"] == "@use_amp", name
