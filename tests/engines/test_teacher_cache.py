@@ -17,19 +17,9 @@ from torch import nn
 from medkd_ext.data import TeacherCacheDataset, draw_view, view_seed
 from medkd_ext.engines import DistillationTrainer, LossTerm, TeacherOutputCache, teacher_output_cache, teacher_views
 from medkd_ext.losses import AttentionTransferLoss, KDLoss, MultiTeacherKDLoss
+from tests.engines.test_distillation import TinyNet
 
 N_CASES = 10
-
-
-class TinyNet(nn.Module):
-    def __init__(self, width: int = 4, num_classes: int = 3) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
-        self.block = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
-        self.head = nn.Linear(width, num_classes)
-
-    def forward(self, x):
-        return self.head(self.block(self.stem(x)).mean((2, 3)))
 
 
 def _data(n: int = N_CASES, seed: int = 0, size: int = 8) -> list[dict]:
