@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch.utils.data.distributed import DistributedSampler
 
 __all__ = [
+    "TORCHRUN_ENV",
     "FixedShardSampler",
     "average_gradients",
     "barrier",
@@ -51,7 +52,8 @@ logger = logging.getLogger(__name__)
 ONE_PER_RANK_ENV = "MEDKD_STAGE_OF_RANK"
 """Set in the process in which one rank trains a stage alone (:class:`medkd_ext.engines.Stage` ``one_per_rank``)."""
 
-_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+"""What torchrun sets for a rank to join the process group (``LOCAL_RANK`` aside, which picks its GPU)."""
 _stage_depth = 0
 
 
@@ -105,7 +107,7 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0) 
     if dist.is_available() and dist.is_initialized():
         _quiet_other_ranks()
         return
-    missing = [name for name in _TORCHRUN_ENV if name not in os.environ]
+    missing = [name for name in TORCHRUN_ENV if name not in os.environ]
     if missing:
         if ONE_PER_RANK_ENV in os.environ:
             logger.info("rank %s trains this stage alone, on %s", os.environ[ONE_PER_RANK_ENV], distributed_device())

@@ -38,6 +38,7 @@ from torch import nn
 
 from medkd_ext.distributed import (
     ONE_PER_RANK_ENV,
+    TORCHRUN_ENV,
     barrier,
     gather_objects,
     is_distributed,
@@ -474,7 +475,7 @@ def _run_alone(stage: Stage, config: Mapping[str, Any], config_dir: Path) -> tup
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHELASTIC_", "GROUP_", "ROLE_"))
-           and k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+           and k not in (*TORCHRUN_ENV, "LOCAL_WORLD_SIZE")}
     env[ONE_PER_RANK_ENV] = str(rank())
     with tempfile.TemporaryDirectory(prefix=f"medkd-{stage.name}-") as folder:
         config_file = Path(folder) / "config.json"

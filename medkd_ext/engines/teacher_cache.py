@@ -34,6 +34,7 @@ import torch
 from ignite.engine import Events
 
 from medkd_ext.data.views import CASE_KEY, CROP_KEY, VIEW_KEY, TeacherCacheDataset, transform_signature
+from medkd_ext.distributed import is_distributed, rank
 from medkd_ext.networks.frozen import unwrap_network
 
 if TYPE_CHECKING:
@@ -206,11 +207,7 @@ class TeacherOutputCache:
             self._discard_other_folders()
 
     def _folder_name(self) -> str:
-        name = self.key[:16]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            if torch.distributed.get_world_size() > 1:
-                name += f"_rank{torch.distributed.get_rank()}"
-        return name
+        return self.key[:16] + (f"_rank{rank()}" if is_distributed() else "")
 
     def _discard_other_folders(self) -> None:
         """Remove the cache folders of other keys under ``folder`` (those holding this module's marker only)."""
