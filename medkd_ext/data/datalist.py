@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medkd_ext.data.imagefiles import IMAGE_SUFFIXES, check_image_file, dicom_files, is_image_file
+from medkd_ext.data.imagefiles import check_image_file
+from medkd_ext.runtime import find_images
 
 __all__ = ["load_datalist", "check_files_exist", "check_image_files", "class_names", "list_images", "log_splits"]
 
@@ -305,42 +306,18 @@ def check_image_files(items: Sequence[dict[str, Any]], keys: Sequence[str] | str
     _check_readable(_paths(items, keys))
 
 
-def list_images(folder: str | os.PathLike) -> list[str]:
-    """The images of an inference folder: image files (NIfTI, NRRD, MHA, PNG, JPEG), folders holding one DICOM
-    series (files named ``*.dcm`` or without suffix, see :func:`medkd_ext.data.imagefiles.is_dicom_file`), or
-    ``folder`` itself when it is one image file or holds one DICOM series. Sorted, as strings; every image is
-    checked to be whole (:func:`medkd_ext.data.imagefiles.check_image_file`) before any is processed.
+def list_images(folder: str | os.PathLike, spatial_dims: int | None = None) -> list[str]:
+    """The images of an inference folder, found by :func:`medkd_ext.runtime.find_images` (3D: image files and
+    DICOM series folders; ``spatial_dims=2``: image files and single-frame DICOM files, multi-slice series refused),
+    sorted, as strings; every image is checked to be whole (:func:`medkd_ext.data.imagefiles.check_image_file`)
+    before any is processed.
 
     Raises:
         FileNotFoundError: ``folder`` does not exist.
         ValueError: no image is found (the message lists what the folder holds), ``folder`` is a file that is not
-            an image, or an image is broken.
+            an image, (2D) a multi-slice DICOM series is given, or an image is broken.
     """
-    root = Path(folder)
-    if not root.exists():
-        raise FileNotFoundError(
-            f"images {root} do not exist: give an image file or a folder of images (`input_dir` of the classification "
-            "bundles, `dataset_dir`, or the cases as `dataset#data`)."
-        )
-    formats = f"{', '.join(IMAGE_SUFFIXES)} files and DICOM series folders"
-    if root.is_file():
-        if not is_image_file(root):
-            raise ValueError(
-                f"{root} is not an image file (the bundles read {formats}); give an image file, or a folder "
-                "holding images."
-            )
-        found = [str(root)]
-    elif dicom_files(root):
-        found = [str(root)]
-    else:
-        found = [
-            str(p)
-            for p in sorted(root.iterdir())
-            if (p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)) or (p.is_dir() and dicom_files(p))
-        ]
-    if not found:
-        content = sorted(p.name for p in root.iterdir())[:10]
-        raise ValueError(f"no image found in {root} (looked for {formats}); it holds {content}.")
+    found = find_images(folder, spatial_dims)
     _check_readable(found)
     return found
 

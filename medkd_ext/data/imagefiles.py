@@ -19,12 +19,10 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from medkd_ext.runtime import IMAGE_SUFFIXES, dicom_files, has_image_suffix, is_dicom_file
+
 __all__ = ["IMAGE_SUFFIXES", "check_image_file", "dicom_files", "is_dicom_file", "is_image_file"]
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg")
-"""Suffixes of the image files the bundles read (NIfTI, NRRD, MetaImage, PNG, JPEG); DICOM is recognised apart."""
-
-_DICOM_MARKER_OFFSET = 128
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _JPEG_END = b"\xff\xd9"
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
@@ -33,38 +31,13 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _GAP_TOLERANCE = 1.5  # a slice distance this many times the usual one means missing slices
 
 
-def is_dicom_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a DICOM file: a ``.dcm`` name, or the ``DICM`` marker at byte 128 (DICOM Part 10)."""
-    path = Path(path)
-    if path.suffix.lower() == ".dcm":
-        return path.is_file()
-    try:
-        with open(path, "rb") as f:
-            f.seek(_DICOM_MARKER_OFFSET)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def _has_image_suffix(path: Path) -> bool:
-    return path.name.lower().endswith(IMAGE_SUFFIXES)
-
-
-def dicom_files(folder: str | os.PathLike) -> list[Path]:
-    """The DICOM files directly in ``folder`` (sorted; files with another image suffix are not opened)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return [p for p in sorted(folder.iterdir()) if p.is_file() and not _has_image_suffix(p) and is_dicom_file(p)]
-
-
 def is_image_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is an image the bundles can read: a file with one of :data:`IMAGE_SUFFIXES`, a DICOM file,
     or a folder holding a DICOM series."""
     path = Path(path)
     if path.is_dir():
         return bool(dicom_files(path))
-    return path.is_file() and (_has_image_suffix(path) or is_dicom_file(path))
+    return path.is_file() and (has_image_suffix(path) or is_dicom_file(path))
 
 
 def check_image_file(path: str | os.PathLike) -> None:

@@ -14,6 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import from_engine
 
+from medkd_ext import runtime
 from medkd_ext.distributed import gather_objects, is_main_process
 from medkd_ext.metrics.classification import (
     ClassificationMetric,
@@ -22,6 +23,7 @@ from medkd_ext.metrics.classification import (
     report_to_markdown,
 )
 from medkd_ext.metrics.segmentation import SegmentationReport
+from medkd_ext.runtime import source_filename
 
 __all__ = [
     "ClassificationMetric",
@@ -35,15 +37,6 @@ logger = logging.getLogger(__name__)
 
 _PRED_LABEL = from_engine(["pred", "label"])
 _PRED_IMAGE = from_engine(["pred", "image"])
-
-
-def source_filename(x: Any) -> str | None:
-    """The ``filename_or_obj`` a MetaTensor (or a dict with a meta dict) was loaded from, else ``None``."""
-    meta = getattr(x, "meta", None)
-    name = meta.get("filename_or_obj") if isinstance(meta, dict) else None
-    if isinstance(name, (list, tuple)):
-        name = name[0] if name else None
-    return str(name) if name else None
 
 
 class ClassificationReportHandler:
@@ -158,11 +151,10 @@ class SegmentationReportHandler:
         logger.info("segmentation report written to %s", self.output_dir / f"{self.prefix}.{{csv,md}}")
 
 
-class ProbabilityWriter:
-    """Inference: collects each case's class probabilities and writes them as a JSON list at ``COMPLETED``.
-
-    Each entry is ``{"image": <source file>, "probabilities": {<class name>: p}}``; the file name is read from the
-    prediction's (or the image's) metadata.
+class ProbabilityWriter(runtime.ProbabilityWriter):
+    """Inference: collects each case's class probabilities and writes them as a JSON list at ``COMPLETED``
+    (:class:`medkd_ext.runtime.ProbabilityWriter`, which exported bundles use); in a distributed run the cases of
+    every rank are gathered and rank 0 writes them.
 
     Args:
         output_file: JSON file to write (its folder is created).
@@ -176,36 +168,8 @@ class ProbabilityWriter:
         class_names: Sequence[str] | None = None,
         output_transform: Callable = _PRED_IMAGE,
     ) -> None:
-        self.output_file = Path(output_file)
-        self.class_names = list(class_names) if class_names is not None else None
-        self.output_transform = output_transform
-        self.entries: list[dict[str, Any]] = []
+        super().__init__(output_file, class_names, output_transform)
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda e: self.entries.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
-
-    def _collect(self, engine: Engine) -> None:
-        probs, images = self.output_transform(engine.state.output)
-        if isinstance(probs, torch.Tensor) and probs.ndim > 1:
-            probs = list(probs)
-        if isinstance(images, torch.Tensor):
-            images = list(images) if images.ndim > 0 and len(images) == len(probs) else [images] * len(probs)
-        for p, image in zip(probs, images, strict=True):
-            values = torch.as_tensor(p).detach().cpu().float().flatten().tolist()
-            names = self.class_names or [str(i) for i in range(len(values))]
-            if len(names) != len(values):
-                raise ValueError(f"ProbabilityWriter: {len(values)} probabilities but {len(names)} class names.")
-            source = source_filename(p) or source_filename(image)
-            self.entries.append({"image": source, "probabilities": dict(zip(names, values, strict=True))})
-
-    def _write(self, engine: Engine) -> None:
-        self.entries = [entry for part in gather_objects(self.entries) for entry in part]  # every rank's cases
-        if not is_main_process():
-            return
-        self.output_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.output_file.with_name(self.output_file.name + ".tmp")
-        tmp.write_text(json.dumps(self.entries, indent=2))
-        os.replace(tmp, self.output_file)
-        logger.info("probabilities of %d cases written to %s", len(self.entries), self.output_file)
+    def all_entries(self) -> list[dict[str, Any]] | None:
+        entries = [entry for part in gather_objects(self.entries) for entry in part]  # every rank's cases
+        return entries if is_main_process() else None

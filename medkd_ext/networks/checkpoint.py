@@ -17,7 +17,6 @@ with its name instead of being loaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -29,6 +28,7 @@ from torch import nn
 
 from medkd_ext.distributed import is_main_process
 from medkd_ext.networks.frozen import unwrap_network
+from medkd_ext.runtime import file_sha256
 
 __all__ = [
     "apply_state_dict",
@@ -139,15 +139,6 @@ def atomic_save(obj: object, path: str | os.PathLike) -> Path:
 def record_path(ckpt_file: str | os.PathLike) -> Path:
     """The record beside a checkpoint (its settings and SHA-256): ``models/model.pt`` -> ``models/model.json``."""
     return Path(ckpt_file).with_suffix(".json")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's bytes, as 64 hexadecimal digits."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_sha256(path: Path, hint: str) -> None:

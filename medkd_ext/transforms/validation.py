@@ -9,38 +9,18 @@ error as a ``RuntimeError`` chained from this ``ValueError``, whose message is p
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
-from monai.utils import ImageMetaKey
 
+from medkd_ext.runtime import EnsureImageChannelsd, describe_source, spatial_dims_error
 from medkd_ext.utils import check_positive_int, is_positive_int
 
 __all__ = ["EnsureImageChannelsd", "ValidateCased", "ValidateClassLabeld", "describe_source"]
-
-
-def describe_source(data: Mapping[Hashable, Any], key: Hashable) -> str:
-    """``"file '<path>' (key '<key>')"`` for the item under ``key``, or ``"key '<key>'"`` when no file is known.
-
-    The file name is read from the MetaTensor's ``meta["filename_or_obj"]``, else from
-    ``data["<key>_meta_dict"]["filename_or_obj"]``.
-    """
-    value = data.get(key)
-    name = None
-    meta = getattr(value, "meta", None)
-    if isinstance(meta, Mapping):
-        name = meta.get(ImageMetaKey.FILENAME_OR_OBJ)
-    if not name:
-        meta_dict = data.get(f"{key}_meta_dict")
-        if isinstance(meta_dict, Mapping):
-            name = meta_dict.get(ImageMetaKey.FILENAME_OR_OBJ)
-    if isinstance(name, (list, tuple)) and len(name) == 1:
-        name = name[0]
-    return f"file '{name}' (key '{key}')" if name else f"key '{key}'"
 
 
 def _as_tensor(value: Any, what: str) -> torch.Tensor:
@@ -62,18 +42,6 @@ def _show(value: Any) -> str:
             return f"an array of {value.size} values"
         return str(value.tolist())
     return repr(value)
-
-
-def _spatial_dims_error(d: Mapping[Hashable, Any], key: Hashable, img: Any, spatial_dims: int, who: str) -> str | None:
-    """The message refusing a channel-first ``img`` that has not ``spatial_dims`` spatial dimensions, else ``None``."""
-    found = img.ndim - 1
-    if found == spatial_dims:
-        return None
-    return (
-        f"{who}: {describe_source(d, key)} is {found}D (shape {tuple(img.shape[1:])}) but the network is "
-        f"{spatial_dims}D (spatial_dims={spatial_dims}): give {spatial_dims}D images, or train a model with "
-        f"--spatial_dims {found}."
-    )
 
 
 class ValidateCased(MapTransform):
@@ -161,7 +129,7 @@ class ValidateCased(MapTransform):
     def _check_layout(self, d: Mapping[Hashable, Any], key: Hashable, t: torch.Tensor) -> None:
         """Spatial dimensions of every item, channels of the images."""
         if self.spatial_dims is not None:
-            message = _spatial_dims_error(d, key, t, self.spatial_dims, "ValidateCased")
+            message = spatial_dims_error(d, key, t, self.spatial_dims, "ValidateCased")
             if message:
                 raise ValueError(message)
         if self.channels is not None and key != self.label_key and t.ndim >= 1 and t.shape[0] != self.channels:
@@ -258,58 +226,3 @@ class ValidateClassLabeld(MapTransform):
         if not np.isfinite(arr).all():
             raise ValueError(f"ValidateClassLabeld: label {where} is {arr.tolist()}; labels must be finite numbers.")
         return arr
-
-
-class EnsureImageChannelsd(MapTransform):
-    """Give channel-first images exactly ``channels`` channels: a one-channel image is repeated, a matching one
-    passes unchanged, any other count raises ``ValueError`` naming the file, the count found and the count expected.
-
-    Typical use: gray PNG/DICOM images fed to an ImageNet-style DenseNet that expects 3 channels.
-
-    Args:
-        keys: image keys.
-        channels: number of channels the network expects.
-        spatial_dims: when given, the spatial dimensions the network expects: an image with another count (a 3D
-            volume given to a 2D network, a 2D image to a 3D one) raises ``ValueError`` naming the file and both
-            counts, instead of failing later inside a resize.
-        allow_missing_keys: skip keys absent from the data instead of raising ``KeyError``.
-    """
-
-    def __init__(
-        self, keys: KeysCollection, channels: int, spatial_dims: int | None = None, allow_missing_keys: bool = False
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        check_positive_int(channels, "EnsureImageChannelsd", "channels")
-        if spatial_dims is not None:
-            check_positive_int(spatial_dims, "EnsureImageChannelsd", "spatial_dims")
-        self.channels = channels
-        self.spatial_dims = spatial_dims
-
-    def _check_spatial(self, d: Mapping[Hashable, Any], key: Hashable, img: Any) -> None:
-        if self.spatial_dims is not None:
-            message = _spatial_dims_error(d, key, img, self.spatial_dims, "EnsureImageChannelsd")
-            if message:
-                raise ValueError(message)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            img = d[key]
-            if not isinstance(img, (torch.Tensor, np.ndarray)) or img.ndim < 2:
-                raise ValueError(
-                    f"EnsureImageChannelsd: {describe_source(d, key)} must be a channel-first image (C, *spatial), "
-                    f"got {type(img).__name__} of shape {getattr(img, 'shape', None)}; run EnsureChannelFirstd first."
-                )
-            self._check_spatial(d, key, img)
-            found = int(img.shape[0])
-            if found == self.channels:
-                continue
-            if found != 1:
-                raise ValueError(
-                    f"EnsureImageChannelsd: {describe_source(d, key)} has {found} channels but {self.channels} are "
-                    f"expected; only a 1-channel image can be repeated: convert the file (e.g. to grayscale) or set "
-                    f"channels to {found}."
-                )
-            reps: Sequence[int] = (self.channels,) + (1,) * (img.ndim - 1)
-            d[key] = img.repeat(*reps) if isinstance(img, torch.Tensor) else np.tile(img, reps)
-        return d
