@@ -46,9 +46,7 @@ measured: nothing here is tuned to pass.
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
-import io
 import json
 import math
 import os
@@ -76,12 +74,12 @@ if str(REPO) not in sys.path:  # run as a script from a checkout without an inst
 
 import medkd_ext.data  # noqa: E402
 from medkd_ext.engines import set_num_threads  # noqa: E402
+from medkd_ext.export import AGREEMENT_TOLERANCE, onnx_bytes, to_torchscript  # noqa: E402
 from medkd_ext.networks.frozen import unwrap_network  # noqa: E402
 
 BUNDLES = REPO / "bundles"
 ROSKD, AT, JOINT = "roskd_classification", "attention_transfer_densenet", "joint_teacher_seg"
 NOT_INSTALLED = "not installed"
-AGREEMENT_TOLERANCE = 1e-4
 
 # MONAI's SupervisedTrainer on the bundle's student, optimizer and supervised loss: the student-only iteration (as
 # train_teacher.json builds the RoS-KD teachers' trainer).
@@ -612,34 +610,18 @@ def students(context: Context) -> list[tuple[str, nn.Module, torch.Tensor]]:
     return [(name, network.to(device).eval(), x.to(device)) for name, network, x in rows]
 
 
-def torchscript(network: nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, str]:
-    """``torch.jit.script`` (what MONAI's ``ckpt_export`` does by default), else ``torch.jit.trace``."""
-    try:
-        return torch.jit.script(copy.deepcopy(network)), "torch.jit.script"
-    except Exception as error:  # any scripting failure falls back to tracing
-        with torch.no_grad():
-            traced = torch.jit.trace(copy.deepcopy(network), example, check_trace=False)
-        return traced, f"torch.jit.trace (script failed: {type(error).__name__})"
-
-
 def onnx_session(network: nn.Module, example: torch.Tensor, device: torch.device, threads: int) -> tuple[Any, str]:
     """An ONNX Runtime session of ``network`` exported with ``torch.onnx.export`` (TorchScript-based exporter)."""
     import onnxruntime as ort
 
-    buffer = io.BytesIO()
-    # the TorchScript-based exporter needs the onnx package only (the torch.export-based default needs onnxscript too)
-    with torch.no_grad():
-        torch.onnx.export(
-            copy.deepcopy(network).cpu(), (example.cpu(),), buffer, dynamo=False, input_names=["image"],
-            output_names=["pred"],
-        )
+    model = onnx_bytes(network, example)
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(buffer.getvalue(), sess_options=options, providers=providers)
+    session = ort.InferenceSession(model, sess_options=options, providers=providers)
     return session, f"onnxruntime {ort.__version__} ({session.get_providers()[0]})"
 
 
@@ -671,7 +653,7 @@ def backend_figures(context: Context, name: str, network: nn.Module, x: torch.Te
             return network(x)
 
     runners["eager"] = eager
-    scripted, how["torchscript"] = torchscript(network, x)
+    scripted, how["torchscript"] = to_torchscript(network, x)
 
     def script() -> torch.Tensor:
         with torch.inference_mode():

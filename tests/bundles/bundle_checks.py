@@ -362,3 +362,109 @@ def check_same_seed_same_results(args: Sequence[str], first: Path, tmp_path: Pat
     assert sorted(written) == sorted(weight_files(first / "models"))
     for name, path in written.items():
         assert max_weight_difference(path, first / "models" / name) == 0.0, name
+
+
+_WITHOUT_MEDKD = (
+    "import runpy, sys; sys.modules['medkd_ext'] = None; sys.argv = ['monai.bundle', *sys.argv[1:]]; "
+    "runpy.run_module('monai.bundle', run_name='__main__')"
+)
+"""``python -c`` program: ``python -m monai.bundle <args>`` where ``import medkd_ext`` fails."""
+
+
+def run_exported(folder: Path, ids: Mapping[str, Any], timeout: float = 600) -> subprocess.CompletedProcess:
+    """The exported bundle's inference as its README says to run it (from its folder), where ``medkd_ext`` cannot
+    be imported; stdout and stderr in ``stdout``."""
+    command = [sys.executable, "-c", _WITHOUT_MEDKD, "run", "--config_file", "configs/inference.json"]
+    for key, value in ids.items():
+        command += [f"--{key}", os.fspath(value) if isinstance(value, (str, os.PathLike)) else json.dumps(value)]
+    return subprocess.run(
+        command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace",
+        timeout=timeout,
+    )
+
+
+def classification_inputs(folder: Path, images: Sequence[Path]) -> Path:
+    """A folder of 2D images as a clinic has them: the PNG ``images``, a 2D NIfTI of the first, a real single-frame
+    CT slice (pydicom's ``CT_small.dcm``) as a file without extension, and the same slice in a sub-folder."""
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    folder.mkdir(parents=True)
+    for image in images:
+        shutil.copy(image, folder / image.name)
+    pixels = np.asarray(Image.open(images[0]), dtype=np.float32)
+    nib.save(nib.Nifti1Image(pixels, np.eye(4)), str(folder / "as_nifti.nii.gz"))
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "IM0001")
+    (folder / "series").mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "series" / "1")
+    return folder
+
+
+def _nifti_outputs(folder: Path) -> dict[str, Any]:
+    import nibabel as nib
+
+    return {p.name: nib.load(str(p)) for p in sorted(folder.glob("*.nii*"))}
+
+
+def check_exported_bundle(
+    bundle: str, ckpt_file: Path, inputs: Path, tmp_path: Path, repo_ids: Mapping[str, Any] | None = None
+) -> None:
+    """``scripts/export_bundle.py`` on ``ckpt_file``; the zip, unpacked in a new folder, runs without ``medkd_ext``
+    and gives the repository's predictions on the images of ``inputs`` (classification: probabilities within 1e-4;
+    segmentation: the same masks with the input's shape and affine); a file changed after export is refused, named.
+    """
+    import shutil
+    import zipfile
+
+    exported = tmp_path / "exported" / bundle
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "export_bundle.py"), bundle, str(exported), "--ckpt_file",
+         str(ckpt_file)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace", timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    copy = tmp_path / "clinic"
+    with zipfile.ZipFile(f"{exported}.zip") as archive:
+        archive.extractall(copy)
+    copy = copy / bundle
+    shutil.rmtree(exported)  # nothing of the export folder is used by the copy
+    for needed in ("README.md", "LICENSE", "manifest.json", "models/model.pt", "models/model.ts",
+                   "configs/inference.json", "configs/metadata.json", "scripts/medkd_runtime.py"):
+        assert (copy / needed).is_file(), needed
+    assert "medkd_ext" not in (copy / "configs" / "inference.json").read_text()
+    assert "--input_dir" in (copy / "README.md").read_text()
+
+    ran = run_exported(copy, {"input_dir": inputs, "output_dir": tmp_path / "clinic_out"})
+    assert ran.returncode == 0, ran.stdout[-4000:]
+    ours = run_bundle_cli(
+        bundle, "inference.json",
+        {"ckpt_file": ckpt_file, "input_dir": inputs, "dataset_dir": inputs, "output_dir": tmp_path / "repo_out",
+         **dict(repo_ids or {})},
+    )
+    assert ours.returncode == 0, ours.stdout[-4000:]
+    if (tmp_path / "repo_out" / "probabilities.json").is_file():
+        expected, got = (_by_image(tmp_path / d / "probabilities.json") for d in ("repo_out", "clinic_out"))
+        assert set(got) == set(expected) and got
+        for image, probabilities in expected.items():
+            assert list(got[image]) == list(probabilities)
+            values = torch.tensor(list(got[image].values()))
+            assert torch.allclose(values, torch.tensor(list(probabilities.values())), atol=1e-4), image
+            assert abs(float(values.sum()) - 1) < 1e-4 or len(values) != len(probabilities)
+    else:
+        expected, got = (_nifti_outputs(tmp_path / d) for d in ("repo_out", "clinic_out"))
+        assert set(got) == set(expected) and got
+        for name, image in expected.items():
+            assert got[name].shape == image.shape
+            assert torch.allclose(torch.as_tensor(got[name].affine), torch.as_tensor(image.affine), atol=1e-5)
+            assert (got[name].get_fdata() == image.get_fdata()).all(), name
+
+    config = copy / "configs" / "inference.json"
+    config.write_text(config.read_text().replace('"seed": 0', '"seed": 1'))
+    refused = run_exported(copy, {"input_dir": inputs, "output_dir": tmp_path / "refused_out"})
+    assert refused.returncode != 0
+    assert "configs/inference.json changed after this bundle was exported" in last_line(refused), last_line(refused)
+    assert not (tmp_path / "refused_out").exists()

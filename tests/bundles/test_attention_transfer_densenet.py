@@ -19,10 +19,12 @@ from medkd_ext.networks import FeatureTaps, save_state_dict
 from tests.bundles.bundle_checks import (
     REPO,
     check_export,
+    check_exported_bundle,
     check_metadata,
     check_net_in_out,
     check_properties,
     check_your_data_classification,
+    classification_inputs,
     stage_parsers,
 )
 
@@ -371,3 +373,12 @@ def test_your_data_as_the_readme_says(tmp_path):
         BUNDLE, tmp_path, "--max_epochs 1 --teacher_max_epochs 1 --batch_size 8 --image_size 72",
         trained={"image_size": 72, "crop_size": 72},
     )
+
+
+@pytest.mark.slow
+def test_exported_bundle_runs_without_medkd_ext(trained, tmp_path):
+    """scripts/export_bundle.py: the unzipped copy of the DenseNet-40 student gives the repository's probabilities on
+    PNG, 2D NIfTI and single-frame DICOM files (gray, repeated to the network's 3 channels) without medkd_ext."""
+    images = sorted((trained / "data" / "images").glob("*.png"))[:2]
+    inputs = classification_inputs(tmp_path / "clinic_images", images)
+    check_exported_bundle("attention_transfer_densenet", trained / "models" / "model.pt", inputs, tmp_path)

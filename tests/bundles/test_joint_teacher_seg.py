@@ -19,6 +19,7 @@ from medkd_ext.data import make_segmentation_demo
 from tests.bundles.bundle_checks import (
     REPO,
     check_export,
+    check_exported_bundle,
     check_metadata,
     check_net_in_out,
     check_properties,
@@ -393,3 +394,15 @@ def test_a_patch_too_small_for_the_domain_discriminator_is_refused_before_traini
     _expect_error(r"domain discriminator .*'encoder.3' \(stride 16.*smallest cubic roi_size .* is \[80, 80, 80\]",
                   run, config_file=str(CONFIGS / "train.json"), **overrides)
     assert not (tmp_path / "models" / "teacher_target.pt").exists()
+
+
+@pytest.mark.slow
+def test_exported_bundle_runs_without_medkd_ext(trained, tmp_path):
+    """scripts/export_bundle.py: the unzipped copy of the student segments a NIfTI volume and a DICOM series whose
+    files have no extension as the repository does (same masks, in the input's shape and affine) without medkd_ext."""
+    tmp, _ = trained
+    inputs = tmp_path / "clinic_images"
+    inputs.mkdir()
+    shutil.copy(sorted((tmp / "data" / "target" / "imagesTs").glob("*.nii.gz"))[0], inputs / "case.nii.gz")
+    write_dicom_series(inputs / "series", suffix="", slices=12)
+    check_exported_bundle("joint_teacher_seg", tmp / "models" / "model.pt", inputs, tmp_path)

@@ -16,10 +16,12 @@ from medkd_ext.data import make_classification_demo, overlapping_subsets
 from medkd_ext.engines import run_stage
 from tests.bundles.bundle_checks import (
     check_export,
+    check_exported_bundle,
     check_metadata,
     check_net_in_out,
     check_properties,
     check_your_data_classification,
+    classification_inputs,
     stage_parsers,
 )
 
@@ -446,3 +448,12 @@ def test_a_stage_alone_checks_the_teachers_record(trained, demo):
     assert "teacher_0.pt was trained with other settings" in message
     assert "image_size: trained with 64, this run has 32" in message
     assert (trained / "models" / "model.pt").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_exported_bundle_runs_without_medkd_ext(trained, demo, tmp_path):
+    """scripts/export_bundle.py: the unzipped copy gives the repository's probabilities on PNG, 2D NIfTI and
+    single-frame DICOM files (with and without extension) where medkd_ext cannot be imported."""
+    images = sorted((demo / "mc" / "images").glob("*.png"))[:2]
+    inputs = classification_inputs(tmp_path / "clinic_images", images)
+    check_exported_bundle("roskd_classification", trained / "models" / "model.pt", inputs, tmp_path)
