@@ -11,6 +11,7 @@ Each bundle's own config helpers live in one submodule named after its method, i
 
 from medkd_ext.engines.acceleration import acceleration
 from medkd_ext.engines.adversarial import DomainAdversarialTrainer
+from medkd_ext.engines.bss import BSS_TERM, BSSDistillationTrainer, bss_weight_scale, heo_kd_weight
 from medkd_ext.engines.distillation import (
     ALL_TEACHERS,
     LABEL,
@@ -21,6 +22,7 @@ from medkd_ext.engines.distillation import (
     loss_terms_output,
 )
 from medkd_ext.engines.multihead import DatasetRounds, MultiHeadTrainer
+from medkd_ext.engines.online import MutualLearningTrainer, ONETrainer
 from medkd_ext.engines.settings import check_recorded, recorded, save_settings, settings_path
 from medkd_ext.engines.stages import (
     Stage,
@@ -78,4 +80,10 @@ __all__ = [
     "teacher_fingerprint",
     "teacher_output_cache",
     "teacher_views",
+    "BSS_TERM",
+    "BSSDistillationTrainer",
+    "bss_weight_scale",
+    "heo_kd_weight",
+    "MutualLearningTrainer",
+    "ONETrainer",
 ]

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from medkd_ext.losses.adversarial import GradientReversal, dann_lambda, grad_reverse
 from medkd_ext.losses.attention import AttentionTransferLoss
+from medkd_ext.losses.bss import (
+    BSS_TARGETS,
+    BoundarySupportingSamples,
+    boundary_supporting_attack,
+    sample_target_classes,
+    select_base_samples,
+)
 from medkd_ext.losses.feature import CosineAlignLoss, FeatureAlignLoss, FitNetLoss, FSPLoss
+from medkd_ext.losses.online import EnsembleKDLoss, MutualLearningLoss
 from medkd_ext.losses.relational import (
     RKDAngleLoss,
     RKDDistanceLoss,
@@ -35,4 +43,11 @@ __all__ = [
     "SimilarityPreservingLoss",
     "dann_lambda",
     "grad_reverse",
+    "BSS_TARGETS",
+    "BoundarySupportingSamples",
+    "boundary_supporting_attack",
+    "sample_target_classes",
+    "select_base_samples",
+    "EnsembleKDLoss",
+    "MutualLearningLoss",
 ]

@@ -16,11 +16,15 @@ from medkd_ext.networks.frozen import FrozenTeacher, freeze, unwrap_network
 from medkd_ext.networks.fusion import CrossAttentionFusion, JointTeacher, token_grid
 from medkd_ext.networks.mobilenet import MOBILENET_V2_SETTING, InvertedResidual, MobileNetV2
 from medkd_ext.networks.multihead import MultiHeadSegNet
+from medkd_ext.networks.one import ONE_FAMILIES, ONE_OUTPUTS, ONENetwork
 from medkd_ext.networks.segunet import SegUNet, check_spatial_size
 from medkd_ext.networks.taps import FeatureTaps, module_names
 from medkd_ext.networks.tresunet import TResUNet
 
 __all__ = [
+    "ONE_FAMILIES",
+    "ONE_OUTPUTS",
+    "ONENetwork",
     "MOBILENET_V2_SETTING",
     "InvertedResidual",
     "MobileNetV2",
