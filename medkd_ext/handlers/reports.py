@@ -36,7 +36,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _PRED_LABEL = from_engine(["pred", "label"])
-_PRED_IMAGE = from_engine(["pred", "image"])
 
 
 class ClassificationReportHandler:
@@ -161,14 +160,6 @@ class ProbabilityWriter(runtime.ProbabilityWriter):
         class_names: names of the classes; default ``"0", "1", ...``.
         output_transform: takes ``(probs, images)`` from the engine output.
     """
-
-    def __init__(
-        self,
-        output_file: str | os.PathLike,
-        class_names: Sequence[str] | None = None,
-        output_transform: Callable = _PRED_IMAGE,
-    ) -> None:
-        super().__init__(output_file, class_names, output_transform)
 
     def all_entries(self) -> list[dict[str, Any]] | None:
         entries = [entry for part in gather_objects(self.entries) for entry in part]  # every rank's cases
