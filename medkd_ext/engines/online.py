@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
@@ -154,8 +155,9 @@ class MutualLearningTrainer(SupervisedTrainer):
     ``network`` is student 0: the student the bundle's validation, checkpoints and ``pred`` see; ``peers`` are the
     others. ``engine.state.output`` holds ``image``, ``label``, ``pred`` (student 0), ``loss`` (the cohort's total
     ``sum_k L_k``, detached) and per student ``k`` the terms ``ce_<k>``, ``kl_<k>`` (unweighted) and ``loss_<k>``.
-    MONAI's iteration events (``FORWARD_COMPLETED`` ... ``MODEL_COMPLETED``) fire once per student update, i.e.
-    ``K`` times per iteration; with ``amp``, each update has its own gradient-scaler step.
+    MONAI's iteration events ``FORWARD_COMPLETED``, ``LOSS_COMPLETED`` and ``BACKWARD_COMPLETED`` fire once per
+    student update, i.e. ``K`` times per iteration, and ``MODEL_COMPLETED`` (on which MONAI decollates the output)
+    once, after the last update; with ``amp``, each update has its own gradient-scaler step.
 
     Args:
         device: device of the students.
@@ -283,8 +285,9 @@ class MutualLearningTrainer(SupervisedTrainer):
                 )
 
             with _optimizer_of(engine, optimizers[k]):
-                optimisation_step(engine, _forward, _loss)
+                optimisation_step(engine, _forward, _loss, model_completed=False)
             totals.append(engine.state.output[f"loss_{k}"])
             preds[k] = None
         engine.state.output[Keys.LOSS] = torch.stack(totals).sum()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)  # once, after every student's update (MONAI decollates)
         return engine.state.output

@@ -44,6 +44,7 @@ __all__ = [
     "prepare_training_items",
     "roskd_loss_terms",
     "save_final_network",
+    "study_method",
     "supervised_loss",
     "teacher_data",
     "teacher_paths",
@@ -317,6 +318,18 @@ TEACHER_DATA = {"roskd": "subsets", "roskd_no_smoothing": "subsets", "hinton_kd"
 overlapping subsets; Baseline II (Hinton KD from DenseNet-121) and Baseline III ("conventional ensemble KD", whose
 teachers "use the same training dataset", RoS-KD Sec. I and Fig. 3) distil teachers trained on the whole training
 split; Baseline I has none."""
+
+
+def study_method(method: str, distill_method: str | None) -> str:
+    """The ``method`` a run with ``distill_method`` (a KD-study method, :mod:`medkd_ext.engines.kd_study`) runs as:
+    the single-teacher mode ``"hinton_kd"`` (the DenseNet teacher ``hinton_teacher``, trained on the whole training
+    split, no smoothing) for teacher-student methods, ``"student_only"`` (no teacher) for ONE and DML, ``method``
+    itself when ``distill_method`` is null."""
+    from medkd_ext.engines.kd_study import check_choice, needs_teacher
+
+    if check_choice(distill_method) is None:
+        return check_method(method)
+    return "hinton_kd" if needs_teacher(distill_method) else "student_only"
 
 
 def teacher_data(method: str) -> str | None:

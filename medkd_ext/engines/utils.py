@@ -14,7 +14,9 @@ from torch.utils.data.distributed import DistributedSampler
 __all__ = ["LoaderCycle", "optimisation_step"]
 
 
-def optimisation_step(engine: Trainer, forward: Callable[[], Any], loss: Callable[[Any], None]) -> None:
+def optimisation_step(
+    engine: Trainer, forward: Callable[[], Any], loss: Callable[[Any], None], model_completed: bool = True
+) -> None:
     """One optimisation step, firing MONAI's iteration events where ``SupervisedTrainer._iteration`` fires them.
 
     Zero the gradients; run ``result = forward()`` (the network(s); it sets ``engine.state.output["pred"]``) and
@@ -27,6 +29,8 @@ def optimisation_step(engine: Trainer, forward: Callable[[], Any], loss: Callabl
         engine: the trainer (``engine.optimizer``, ``engine.amp``, ``engine.scaler``, ``engine.state.output``).
         forward: runs the forward pass; its return value is given to ``loss``.
         loss: computes the loss from what ``forward`` returned.
+        model_completed: fire ``MODEL_COMPLETED`` (on which MONAI decollates ``engine.state.output`` into per-case
+            dicts); a trainer that updates several networks in one iteration fires it itself after the last update.
     """
 
     def compute() -> None:
@@ -48,7 +52,8 @@ def optimisation_step(engine: Trainer, forward: Callable[[], Any], loss: Callabl
         engine.state.output[Keys.LOSS].backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         engine.optimizer.step()
-    engine.fire_event(IterationEvents.MODEL_COMPLETED)
+    if model_completed:
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
 
 
 class LoaderCycle:

@@ -231,6 +231,13 @@ class ONENetwork(nn.Module):
     def num_branches(self) -> int:
         return len(self.branches)
 
+    @property
+    def student(self) -> nn.Module:
+        """The backbone as it trains: the trunk and branch 0 in the original architecture, sharing this network's
+        modules (not a copy), so its ``state_dict()`` is branch 0's student with the backbone's keys at any time (what
+        a checkpoint of the single-branch student holds; :meth:`branch_network` copies another branch)."""
+        return self._backbone
+
     def _check_output(self, output: str, branch: int) -> None:
         if output not in ONE_OUTPUTS:
             raise ValueError(f"ONENetwork: output must be one of {ONE_OUTPUTS}, got {output!r}.")

@@ -457,3 +457,67 @@ def test_exported_bundle_runs_without_medkd_ext(trained, demo, tmp_path):
     images = sorted((demo / "mc" / "images").glob("*.png"))[:2]
     inputs = classification_inputs(tmp_path / "clinic_images", images)
     check_exported_bundle("roskd_classification", trained / "models" / "model.pt", inputs, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def full_teachers(demo, tmp_path_factory) -> Path:
+    """The teachers of the single-teacher mode (trained on the whole training split, one epoch), trained once."""
+    root = tmp_path_factory.mktemp("roskd_full_teachers")
+    overrides = _overrides(root, demo / "mc", method="hinton_kd", max_epochs=1, teacher_max_epochs=1)
+    run_stage(CONFIGS / "train.json", overrides)
+    return root / "models"
+
+
+STUDY_TERMS = {
+    "hinton": {"ce", "kd"},
+    "bss": {"ce", "kd", "bss"},
+    "at": {"ce", "at_1", "at_2", "at_3"},
+    "sp": {"ce", "sp"},
+    "rkd_d": {"ce", "rkd_distance"},
+    "rkd_a": {"ce", "rkd_angle"},
+    "rkd_da": {"ce", "rkd_distance", "rkd_angle"},
+    "one": {"ce", "ce_ensemble", "kd"},
+    "dml": {"ce_0", "kl_0", "ce_1", "kl_1"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(STUDY_TERMS))
+def test_each_kd_study_method_trains_the_student_from_one_key(method, full_teachers, demo, tmp_path):
+    """--distill_method <m> runs the single-teacher mode (the DenseNet teacher hinton_teacher, trained on the whole
+    training split; none for one and dml) with the method's trainer and loss terms; the checkpoint is the plain
+    ResNet-18 that evaluate.json scores, and its record names the method."""
+    import shutil
+
+    from ignite.engine import Events
+
+    from medkd_ext.engines import stage_workflow
+
+    shutil.copytree(full_teachers, tmp_path / "models", ignore=shutil.ignore_patterns("model.*", "state"))
+    values = _overrides(tmp_path, demo / "mc", distill_method=method, max_epochs=1, train_teachers=False)
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update(values)
+    base = parser.get()
+    entries = parser.get_parsed_content("stages")
+    stages = [s for entry in entries for s in (entry if isinstance(entry, list) else [entry])]
+    stage = next(s for s in stages if s.name == "student")
+    workflow = stage_workflow(base, stage, CONFIGS)
+    workflow.initialize()
+    teachers = workflow.parser.get_parsed_content("teachers")
+    assert len(teachers) == (0 if method in ("one", "dml") else 1)
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    seen: set[str] = set()
+
+    def collect(engine) -> None:  # MONAI decollates the output: a list of per-case dicts, each with the loss terms
+        output = engine.state.output
+        seen.update(output[0] if isinstance(output, list) else output)
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, collect)
+    trainer.run()
+    assert STUDY_TERMS[method] <= seen, (method, seen)
+    run_stage(CONFIGS / "train.json", values)
+    record = json.loads((tmp_path / "models" / "model.json").read_text())
+    assert record["distill_method"] == method
+    assert record["method"] == ("student_only" if method in ("one", "dml") else "hinton_kd")
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_samples"] == 8
