@@ -468,3 +468,33 @@ def check_exported_bundle(
     assert refused.returncode != 0
     assert "configs/inference.json changed after this bundle was exported" in last_line(refused), last_line(refused)
     assert not (tmp_path / "refused_out").exists()
+
+
+STUDY_TERMS = {
+    "hinton": {"ce", "kd"},
+    "bss": {"ce", "kd", "bss"},
+    "at": {"ce", "at_1", "at_2", "at_3"},
+    "sp": {"ce", "sp"},
+    "rkd_d": {"ce", "rkd_distance"},
+    "rkd_a": {"ce", "rkd_angle"},
+    "rkd_da": {"ce", "rkd_distance", "rkd_angle"},
+    "one": {"ce", "ce_ensemble", "kd"},
+    "dml": {"ce_0", "kl_0", "ce_1", "kl_1"},
+}
+"""The loss terms each ``distill_method`` of the KD study reports in the trainer's output."""
+
+
+def trained_terms(trainer: Any) -> set[str]:
+    """Run ``trainer`` and return the keys of its outputs (MONAI decollates the output: a list of per-case dicts,
+    each holding the loss terms)."""
+    from ignite.engine import Events
+
+    seen: set[str] = set()
+
+    def collect(engine: Any) -> None:
+        output = engine.state.output
+        seen.update(output[0] if isinstance(output, list) else output)
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, collect)
+    trainer.run()
+    return seen

@@ -18,6 +18,7 @@ from medkd_ext.engines import loss_terms_output, run_stage
 from medkd_ext.networks import FeatureTaps, save_state_dict
 from tests.bundles.bundle_checks import (
     REPO,
+    STUDY_TERMS,
     check_export,
     check_exported_bundle,
     check_metadata,
@@ -26,6 +27,7 @@ from tests.bundles.bundle_checks import (
     check_your_data_classification,
     classification_inputs,
     stage_parsers,
+    trained_terms,
 )
 
 BUNDLE = REPO / "bundles" / "attention_transfer_densenet"
@@ -384,18 +386,6 @@ def test_exported_bundle_runs_without_medkd_ext(trained, tmp_path):
     check_exported_bundle("attention_transfer_densenet", trained / "models" / "model.pt", inputs, tmp_path)
 
 
-STUDY_TERMS = {
-    "hinton": {"ce", "kd"},
-    "bss": {"ce", "kd", "bss"},
-    "at": {"ce", "at_1", "at_2", "at_3"},
-    "sp": {"ce", "sp"},
-    "rkd_d": {"ce", "rkd_distance"},
-    "rkd_a": {"ce", "rkd_angle"},
-    "rkd_da": {"ce", "rkd_distance", "rkd_angle"},
-    "one": {"ce", "ce_ensemble", "kd"},
-    "dml": {"ce_0", "kl_0", "ce_1", "kl_1"},
-}
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", list(STUDY_TERMS))
@@ -403,8 +393,6 @@ def test_each_kd_study_method_trains_the_student_from_one_key(method, trained, t
     """--distill_method <m> (the KD study's Table I settings) trains the DenseNet-40 student with the method's trainer
     and loss terms, from the trained DenseNet-121 teacher (none for one and dml); the checkpoint is the plain student
     that evaluate.json scores, its record names the method."""
-    from ignite.engine import Events
-
     from medkd_ext.engines import run_stage, stage_workflow
     from medkd_ext.engines.kd_study import method_overlays
 
@@ -418,13 +406,7 @@ def test_each_kd_study_method_trains_the_student_from_one_key(method, trained, t
     workflow = stage_workflow(base, stage, CONFIGS)
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
-    seen: set[str] = set()
-    def collect(engine) -> None:  # MONAI decollates the output: a list of per-case dicts, each with the loss terms
-        output = engine.state.output
-        seen.update(output[0] if isinstance(output, list) else output)
-
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, collect)
-    trainer.run()
+    seen = trained_terms(trainer)
     assert STUDY_TERMS[method] <= seen, (method, seen)
     run_stage(CONFIGS / "train.json", values)
     record = json.loads((tmp_path / "models" / "model.json").read_text())

@@ -15,6 +15,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from medkd_ext.data import make_classification_demo, overlapping_subsets
 from medkd_ext.engines import run_stage
 from tests.bundles.bundle_checks import (
+    STUDY_TERMS,
     check_export,
     check_exported_bundle,
     check_metadata,
@@ -23,6 +24,7 @@ from tests.bundles.bundle_checks import (
     check_your_data_classification,
     classification_inputs,
     stage_parsers,
+    trained_terms,
 )
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "roskd_classification"
@@ -468,18 +470,6 @@ def full_teachers(demo, tmp_path_factory) -> Path:
     return root / "models"
 
 
-STUDY_TERMS = {
-    "hinton": {"ce", "kd"},
-    "bss": {"ce", "kd", "bss"},
-    "at": {"ce", "at_1", "at_2", "at_3"},
-    "sp": {"ce", "sp"},
-    "rkd_d": {"ce", "rkd_distance"},
-    "rkd_a": {"ce", "rkd_angle"},
-    "rkd_da": {"ce", "rkd_distance", "rkd_angle"},
-    "one": {"ce", "ce_ensemble", "kd"},
-    "dml": {"ce_0", "kl_0", "ce_1", "kl_1"},
-}
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", list(STUDY_TERMS))
@@ -488,8 +478,6 @@ def test_each_kd_study_method_trains_the_student_from_one_key(method, full_teach
     training split; none for one and dml) with the method's trainer and loss terms; the checkpoint is the plain
     ResNet-18 that evaluate.json scores, and its record names the method."""
     import shutil
-
-    from ignite.engine import Events
 
     from medkd_ext.engines import stage_workflow
 
@@ -507,14 +495,7 @@ def test_each_kd_study_method_trains_the_student_from_one_key(method, full_teach
     teachers = workflow.parser.get_parsed_content("teachers")
     assert len(teachers) == (0 if method in ("one", "dml") else 1)
     trainer = workflow.parser.get_parsed_content("train#trainer")
-    seen: set[str] = set()
-
-    def collect(engine) -> None:  # MONAI decollates the output: a list of per-case dicts, each with the loss terms
-        output = engine.state.output
-        seen.update(output[0] if isinstance(output, list) else output)
-
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, collect)
-    trainer.run()
+    seen = trained_terms(trainer)
     assert STUDY_TERMS[method] <= seen, (method, seen)
     run_stage(CONFIGS / "train.json", values)
     record = json.loads((tmp_path / "models" / "model.json").read_text())
