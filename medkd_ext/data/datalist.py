@@ -317,6 +317,11 @@ def list_images(folder: str | os.PathLike, spatial_dims: int | None = None) -> l
         ValueError: no image is found (the message lists what the folder holds), ``folder`` is a file that is not
             an image, (2D) a multi-slice DICOM series is given, or an image is broken.
     """
+    if not Path(folder).exists():
+        raise FileNotFoundError(
+            f"images {folder} do not exist: give an image file or a folder of images (`input_dir` of the "
+            "classification bundles, `dataset_dir`, or the cases as `dataset#data`)."
+        )
     found = find_images(folder, spatial_dims)
     _check_readable(found)
     return found
