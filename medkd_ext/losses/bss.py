@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medkd_ext.losses._utils import check_tensor
-from medkd_ext.metrics.attacks import _attack_mode, _direction, _finish, _plain_copy, _project
+from medkd_ext.metrics.attacks import ascent_direction, attack_mode, finish_attack, plain_copy, project_perturbation
 from medkd_ext.networks.frozen import unwrap_network
 from medkd_ext.utils import check_positive_int
 
@@ -211,8 +211,8 @@ def boundary_supporting_attack(
     if bool((base_class == target_class).any()):
         raise ValueError(f"{owner}: target_class equals base_class for some samples; the target must be another class.")
     network = unwrap_network(model)
-    with _attack_mode(network):
-        x0 = _plain_copy(x)
+    with attack_mode(network):
+        x0 = plain_copy(x)
         x_adv = x0.clone()
         base, target = base_class.to(x0.device).unsqueeze(1), target_class.to(x0.device).unsqueeze(1)
         active = torch.ones(x0.shape[0], dtype=torch.bool, device=x0.device)
@@ -228,12 +228,12 @@ def boundary_supporting_attack(
             (grad,) = torch.autograd.grad((z_target - z_base).sum(), x_var)
             margin = (z_base - z_target).detach().float()
             length = step_size * (margin + _MARGIN_OFFSET) * active
-            x_adv = x_adv + length.view(shape).to(x_adv.dtype) * _direction(grad, "l2")
+            x_adv = x_adv + length.view(shape).to(x_adv.dtype) * ascent_direction(grad, "l2")
             if max_epsilon is not None:
-                x_adv = x0 + _project(x_adv - x0, float(max_epsilon), norm)
+                x_adv = x0 + project_perturbation(x_adv - x0, float(max_epsilon), norm)
             if clamp is not None:
                 x_adv = x_adv.clamp(clamp[0], clamp[1])
-    return _finish(x, x_adv, clamp)
+    return finish_attack(x, x_adv, clamp)
 
 
 class BoundarySupportingSamples:

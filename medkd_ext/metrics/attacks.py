@@ -6,7 +6,9 @@ respect to the input only (``torch.autograd.grad``), so model parameters get no 
 in ``eval()`` for the attack and given back in the mode it had.
 
 :func:`evaluate_under_attack` collects probabilities before and after an attack, ready for
-:func:`medkd_ext.metrics.classification_report`.
+:func:`medkd_ext.metrics.classification_report`. The building blocks (:func:`attack_mode`, :func:`ascent_direction`,
+:func:`project_perturbation`, :func:`plain_copy`, :func:`finish_attack`) also serve the boundary-supporting-sample
+attack of BSS (:mod:`medkd_ext.losses.bss`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,16 @@ from torch import nn
 
 from medkd_ext.utils import is_positive_int
 
-__all__ = ["evaluate_under_attack", "fgsm", "pgd"]
+__all__ = [
+    "ascent_direction",
+    "attack_mode",
+    "evaluate_under_attack",
+    "fgsm",
+    "finish_attack",
+    "pgd",
+    "plain_copy",
+    "project_perturbation",
+]
 
 _NORMS = ("l2", "linf")
 _EPS = 1e-12
@@ -49,14 +60,14 @@ def _per_sample_l2(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.ndim - 1)))
 
 
-def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     """Unit ascent direction: ``g / ||g||_2`` per sample (L2) or ``sign(g)`` (L-inf); 0 where ``g`` is 0."""
     if norm == "linf":
         return grad.sign()
     return grad / _per_sample_l2(grad).clamp_min(_EPS)
 
 
-def _project(delta: torch.Tensor, radius: float, norm: str) -> torch.Tensor:
+def project_perturbation(delta: torch.Tensor, radius: float, norm: str) -> torch.Tensor:
     """Project ``delta`` onto the ``norm`` ball of ``radius`` (per sample)."""
     if norm == "linf":
         return delta.clamp(-radius, radius)
@@ -74,7 +85,7 @@ def _input_grad(model: nn.Module, x: torch.Tensor, y: Any, loss_fn: Callable[...
 
 
 @contextmanager
-def _attack_mode(model: nn.Module) -> Iterator[None]:
+def attack_mode(model: nn.Module) -> Iterator[None]:
     """Model in ``eval()``, gradients enabled even inside ``no_grad`` / ``inference_mode``; mode restored after."""
     was_training = model.training
     try:
@@ -85,12 +96,14 @@ def _attack_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _plain_copy(x: torch.Tensor) -> torch.Tensor:
+def plain_copy(x: torch.Tensor) -> torch.Tensor:
+    """A detached copy of ``x`` as a plain tensor (a MetaTensor's metadata dropped), the start of an attack."""
     x = x.detach().clone()
     return x.as_tensor() if hasattr(x, "as_tensor") else x
 
 
-def _finish(x: torch.Tensor, x_adv: torch.Tensor, clamp: tuple[float, float] | None) -> torch.Tensor:
+def finish_attack(x: torch.Tensor, x_adv: torch.Tensor, clamp: tuple[float, float] | None) -> torch.Tensor:
+    """The attacked input: ``x_adv`` clamped to ``clamp`` (when given), detached, in ``x``'s dtype."""
     if clamp is not None:
         x_adv = x_adv.clamp(clamp[0], clamp[1])
     return x_adv.detach().to(dtype=x.dtype)
@@ -123,11 +136,11 @@ def fgsm(
         The adversarial inputs, detached, same shape, dtype and device as ``x``.
     """
     _check_common(model, x, radius, norm, clamp, "fgsm")
-    with _attack_mode(model):
-        x0 = _plain_copy(x)
+    with attack_mode(model):
+        x0 = plain_copy(x)
         grad = _input_grad(model, x0, y, loss_fn)
-        x_adv = x0 + radius * _direction(grad, norm)
-    return _finish(x, x_adv, clamp)
+        x_adv = x0 + radius * ascent_direction(grad, norm)
+    return finish_attack(x, x_adv, clamp)
 
 
 def pgd(
@@ -169,8 +182,8 @@ def pgd(
         raise ValueError(f"pgd: step must be a non-negative number (default radius / 4), got {step!r}.")
     if not is_positive_int(steps):
         raise ValueError(f"pgd: steps must be an int >= 1, got {steps!r}.")
-    with _attack_mode(model):
-        x0 = _plain_copy(x)
+    with attack_mode(model):
+        x0 = plain_copy(x)
         delta = torch.zeros_like(x0)
         if random_start and radius > 0:
             delta = _random_in_ball(x0, radius, norm, generator)
@@ -179,11 +192,11 @@ def pgd(
             x_adv = x_adv.clamp(clamp[0], clamp[1])
         for _ in range(steps):
             grad = _input_grad(model, x_adv, y, loss_fn)
-            delta = _project(x_adv + step * _direction(grad, norm) - x0, radius, norm)
+            delta = project_perturbation(x_adv + step * ascent_direction(grad, norm) - x0, radius, norm)
             x_adv = x0 + delta
             if clamp is not None:
                 x_adv = x_adv.clamp(clamp[0], clamp[1])
-    return _finish(x, x_adv, clamp)
+    return finish_attack(x, x_adv, clamp)
 
 
 def _random_in_ball(x: torch.Tensor, radius: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
