@@ -7,6 +7,10 @@ one protocol with the settings of their Table I, which are the defaults here:
 key          objective (``CE`` = the bundle's supervised loss; features tapped at the study's blocks, see below)
 ============ =========================================================================================================
 ``hinton``   ``(1 - alpha) CE + alpha T^2 KL(teacher || student)`` on the outputs, alpha 0.9, T 4 (Hinton et al.)
+``fitnet``   two stages: the student up to block 2 regresses the teacher's block-2 features through a 1x1
+             regressor (FitNet, stage weights W = [0, 1, 0]), then ``hinton`` from that initialisation
+``fsp``      two stages: the student matches the teacher's FSP matrices of blocks 1, 2, 3 (each between the
+             block's input and output, weights W = [1, 3, 1]; Yim et al.), then ``hinton``
 ``bss``      ``hinton`` plus KD on boundary-supporting adversarial samples (Heo et al.): attack size 32, 10 steps,
              max eps 16 (of 255), T 4, with Heo's weight decaying to 0 at 75% of training
 ``at``       ``CE + beta/2 sum_j AT_j`` at blocks 1, 2, 3, beta 1000 (Zagoruyko and Komodakis, ``mode="map"``)
@@ -20,8 +24,15 @@ key          objective (``CE`` = the bundle's supervised loss; features tapped a
 
 The study's networks have three blocks; ours have four stages (ResNet-18, DenseNet-121) or fewer (DenseNet-40), so
 "block 3" is the last stage and blocks 1-3 the last three stages at increasing depth (:func:`study_layers`); student
-and teacher meet at the same relative depth. FitNet and FSP (two-stage methods: an initialisation stage, then
-``hinton``) are not selectable yet.
+and teacher meet at the same relative depth. The maps of two families differ in channels and resolution: FitNet's
+regressor maps the student's channels to the teacher's and the larger map is pooled to the smaller; FSP maps each
+student map to the teacher's channels by a learnt 1x1 convolution (trained in the initialisation stage with the
+student), an adaptation the study, whose student and teacher share a family, does not need.
+
+The two-stage methods add a stage, ``distill_init`` (``configs/distill/init.json``), before the student's: it trains
+the student on :func:`init_loss_terms` alone (no labels), for the student's number of epochs with its optimizer (the
+study: 100 epochs at learning rate 0.001), and writes ``init_ckpt``, which the student stage loads
+(:func:`load_init`) before training with ``hinton``.
 
 The bundles merge ``configs/distill/<method>.json`` after their student stage's overlay for the methods that change
 the trainer or the network (:func:`method_overlays`: ``bss``, ``one``, ``dml``); the others only change the loss terms
@@ -39,6 +50,8 @@ from torch import nn
 from medkd_ext.engines.distillation import LABEL, LossTerm
 from medkd_ext.losses import (
     AttentionTransferLoss,
+    FitNetLoss,
+    FSPLoss,
     KDLoss,
     RKDAngleLoss,
     RKDDistanceLoss,
@@ -54,6 +67,10 @@ __all__ = [
     "STUDY_SETTINGS",
     "check_choice",
     "check_distill_method",
+    "feature_channels",
+    "init_loss_terms",
+    "load_init",
+    "two_stage",
     "deployed_network",
     "method_overlays",
     "needs_teacher",
@@ -63,6 +80,8 @@ __all__ = [
 
 KD_METHODS: dict[str, str] = {
     "hinton": "Hinton KD on the outputs (alpha 0.9, T 4)",
+    "fitnet": "two stages: hint regression at block 2 (FitNet), then Hinton KD",
+    "fsp": "two stages: FSP matrices of blocks 1-3 (weights 1, 3, 1), then Hinton KD",
     "bss": "Hinton KD plus boundary-supporting adversarial samples (Heo et al.; attack size 32, 10 steps, eps 16/255)",
     "at": "attention transfer at blocks 1-3 (beta 1000)",
     "sp": "similarity preserving at block 3 (gamma 3000)",
@@ -72,10 +91,13 @@ KD_METHODS: dict[str, str] = {
     "one": "on-the-fly native ensemble: 3 branches and a gate, T 3; no external teacher",
     "dml": "deep mutual learning of a cohort of 2 students, T 4; no external teacher",
 }
-"""``distill_method`` values (the KD study's methods but FitNet and FSP)."""
+"""``distill_method`` values: the KD study's nine methods (RKD in three variants)."""
 
 ONLINE_METHODS = ("one", "dml")
 """Methods without an external teacher."""
+
+TWO_STAGE_METHODS = ("fitnet", "fsp")
+"""Methods with an initialisation stage (``distill_init``) before the student's Hinton KD."""
 
 STUDY_SETTINGS: dict[str, Any] = {
     "alpha": 0.9,
@@ -90,6 +112,8 @@ STUDY_SETTINGS: dict[str, Any] = {
     "bss_attack_size": 32,
     "bss_steps": 10,
     "bss_max_epsilon": 16 / 255,
+    "fitnet_weights": [0.0, 1.0, 0.0],
+    "fsp_weights": [1.0, 3.0, 1.0],
 }
 """Table I of the KD study: the defaults of every method."""
 
@@ -100,11 +124,6 @@ def check_distill_method(method: str | None) -> str | None:
     """``method`` if it is ``None`` (the bundle's own method) or a key of :data:`KD_METHODS`, else ``ValueError``."""
     if method is None or method in KD_METHODS:
         return method
-    if method in ("fitnet", "fsp"):
-        raise ValueError(
-            f"distill_method {method!r} (a two-stage method of the KD study) is not available yet; choose one of "
-            f"{', '.join(KD_METHODS)}, or leave distill_method null for the bundle's own method."
-        )
     raise ValueError(
         f"distill_method must be one of {', '.join(KD_METHODS)} (or null: the bundle's own method), got {method!r}."
     )
@@ -203,7 +222,7 @@ def study_loss_terms(
         raise ValueError(f"distill_method {method!r} needs a teacher; none was loaded.")
     s = {**STUDY_SETTINGS, **(settings or {})}
     ce = LossTerm("ce", supervised_loss, teacher=LABEL)
-    if method in ("hinton", "bss"):
+    if method in ("hinton", "bss", *TWO_STAGE_METHODS):  # the two-stage methods' second stage is Hinton's
         alpha = float(s["alpha"])
         kd = KDLoss(float(s["temperature"]), multi_label=multi_label)
         return [LossTerm("ce", supervised_loss, weight=1 - alpha, teacher=LABEL), LossTerm("kd", kd, weight=alpha)]
@@ -233,3 +252,75 @@ def deployed_network(network: nn.Module) -> nn.Module:
     its weights: the study reports it), else ``network`` itself."""
     inner = unwrap_network(network)
     return inner.student if isinstance(inner, ONENetwork) else network
+
+
+def two_stage(method: str | None) -> bool:
+    """Whether ``method`` has the initialisation stage ``distill_init`` (FitNet, FSP)."""
+    return check_distill_method(method) in TWO_STAGE_METHODS
+
+
+def feature_channels(network: nn.Module, layers: list[str], in_channels: int, size: list[int]) -> list[int]:
+    """The channels of ``network``'s outputs at ``layers`` for an input of ``in_channels`` x ``size`` (a forward pass
+    of a copy, on the CPU)."""
+    import copy
+
+    import torch
+
+    from medkd_ext.networks.taps import FeatureTaps
+
+    net = copy.deepcopy(unwrap_network(network)).cpu().eval()
+    with FeatureTaps(net, layers) as taps, torch.no_grad():
+        net(torch.zeros((2, in_channels, *size)))
+        return [int(taps.features[layer].shape[1]) for layer in layers]
+
+
+def init_loss_terms(
+    method: str,
+    student: nn.Module,
+    teacher: nn.Module,
+    in_channels: int,
+    size: list[int],
+    settings: dict[str, Any] | None = None,
+) -> list[LossTerm]:
+    """The loss terms of the initialisation stage of a two-stage ``method`` (no supervised term, as in the study).
+
+    ``fitnet``: :class:`~medkd_ext.losses.FitNetLoss` at block 2 (regressor from the student's to the teacher's
+    channels, the larger map pooled to the smaller). ``fsp``: :class:`~medkd_ext.losses.FSPLoss` over the maps
+    entering block 1 and leaving blocks 1, 2, 3, pair weights 1, 3, 1, with 1x1 adapters from the student's channels
+    to the teacher's. ``size`` is the spatial size of the network's input (for the channel counts).
+    """
+    if not two_stage(method):
+        raise ValueError(f"init_loss_terms: {method!r} has no initialisation stage (only {TWO_STAGE_METHODS}).")
+    s = {**STUDY_SETTINGS, **(settings or {})}
+    spatial_dims = len(size)
+    s_first, s_blocks = study_layers(student)
+    t_first, t_blocks = study_layers(teacher)
+    if method == "fitnet":
+        weights = [float(w) for w in s["fitnet_weights"]]
+        terms = []
+        for i, (sb, tb) in enumerate(zip(s_blocks, t_blocks, strict=True)):
+            if weights[i] == 0:
+                continue
+            (sc,) = feature_channels(student, [sb], in_channels, size)
+            (tc,) = feature_channels(teacher, [tb], in_channels, size)
+            loss = FitNetLoss(sc, tc, spatial_dims, resize=True)
+            terms.append(LossTerm(f"fitnet_{i + 1}", loss, weight=weights[i], student=sb, teacher=tb))
+        return terms
+    s_maps, t_maps = [s_first, *s_blocks], [t_first, *t_blocks]
+    loss = FSPLoss(
+        pair_weights=s["fsp_weights"],
+        student_channels=feature_channels(student, s_maps, in_channels, size),
+        teacher_channels=feature_channels(teacher, t_maps, in_channels, size),
+        spatial_dims=spatial_dims,
+    )
+    return [LossTerm("fsp", loss, student=s_maps, teacher=t_maps)]
+
+
+def load_init(network: nn.Module, method: str | None, init_ckpt: str) -> nn.Module:
+    """Load the initialisation stage's weights into the student (two-stage methods); otherwise leave it."""
+    if two_stage(method):
+        from medkd_ext.networks.checkpoint import load_state_dict
+
+        device = next(network.parameters()).device
+        load_state_dict(network, init_ckpt, device, stage_hint=f"written by the distill_init stage of {method}")
+    return network

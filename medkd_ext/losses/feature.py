@@ -52,34 +52,43 @@ class FitNetLoss(nn.Module):
         student_channels: channels ``C_s`` of the student features.
         teacher_channels: channels ``C_t`` of the teacher features.
         spatial_dims: 1, 2 or 3.
+        resize: when student and teacher maps differ in spatial size, bring the larger to the smaller by adaptive
+            average pooling (the regressed student map, or the teacher map) instead of refusing them; for networks
+            of different families whose guided layers have different resolutions (the KD study's ``fitnet``).
 
     Shapes:
-        student ``(B, C_s, *spatial)``, teacher ``(B, C_t, *spatial)``, same batch and spatial size. Output: scalar.
+        student ``(B, C_s, *spatial)``, teacher ``(B, C_t, *spatial)``, same batch and spatial size (any spatial
+        sizes with ``resize``). Output: scalar.
     """
 
-    def __init__(self, student_channels: int, teacher_channels: int, spatial_dims: int) -> None:
+    def __init__(self, student_channels: int, teacher_channels: int, spatial_dims: int, resize: bool = False) -> None:
         super().__init__()
         _check_adapter_args("FitNetLoss", student_channels, teacher_channels, spatial_dims)
         self.student_channels = student_channels
         self.teacher_channels = teacher_channels
         self.spatial_dims = spatial_dims
+        self.resize = bool(resize)
         self.regressor = _CONV[spatial_dims](student_channels, teacher_channels, kernel_size=1)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         name = "FitNetLoss"
         _check_features(name, student, "student", self.student_channels, self.spatial_dims)
         _check_features(name, teacher, "teacher", self.teacher_channels, self.spatial_dims)
-        if student.shape[0] != teacher.shape[0] or student.shape[2:] != teacher.shape[2:]:
+        if student.shape[0] != teacher.shape[0] or (student.shape[2:] != teacher.shape[2:] and not self.resize):
             raise ValueError(
                 f"{name}: student shape {tuple(student.shape)} and teacher shape {tuple(teacher.shape)} must have the "
-                "same batch and spatial sizes; tap layers of matching resolution."
+                "same batch and spatial sizes; tap layers of matching resolution (or build the loss with resize=True)."
             )
-        return F.mse_loss(self.regressor(student), as_target(teacher))
+        regressed, target = self.regressor(student), as_target(teacher)
+        if regressed.shape[2:] != target.shape[2:]:
+            size = common_spatial_size(regressed, target)
+            regressed, target = adaptive_avg_pool(regressed, size), adaptive_avg_pool(target, size)
+        return F.mse_loss(regressed, target)
 
 
 class FSPLoss(nn.Module):
     """Flow-of-solution-procedure distillation of Yim et al., "A Gift from Knowledge Distillation" (CVPR 2017),
-    eq. 1-2 (all pair weights 1).
+    eq. 1-2 (all pair weights 1 by default).
 
     For consecutive feature maps ``F1 = x[k]``, ``F2 = x[k + 1]`` of one network the FSP matrix is
     ``G = F1 F2^T / N`` of shape ``(B, C1, C2)``, ``N`` the number of spatial positions (if the two maps differ in
@@ -90,7 +99,40 @@ class FSPLoss(nn.Module):
         student, teacher: lists or tuples of the same length ``>= 2`` of tensors ``(B, C_k, *spatial_k)``;
         student and teacher FSP matrices of pair ``k`` must have the same shape (equal ``C_k``, ``C_{k+1}``),
         spatial sizes may differ between student and teacher. Output: scalar.
+
+    Args:
+        pair_weights: weight ``lambda_k`` of each pair's term (Yim et al.'s eq. 2); default 1 for every pair.
+        student_channels, teacher_channels: the channels of each map (both or neither), for networks whose maps
+            differ in channels: a learnable 1x1 convolution (with bias) then maps each student map to the teacher's
+            channel count before its FSP matrices are formed (give ``loss.parameters()`` to the optimizer); without
+            them the channel counts must match.
+        spatial_dims: 1, 2 or 3, with the channels.
     """
+
+    def __init__(
+        self,
+        pair_weights: Sequence[float] | None = None,
+        student_channels: Sequence[int] | None = None,
+        teacher_channels: Sequence[int] | None = None,
+        spatial_dims: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.pair_weights = None if pair_weights is None else [float(w) for w in pair_weights]
+        if self.pair_weights is not None and any(w < 0 for w in self.pair_weights):
+            raise ValueError(f"FSPLoss: pair_weights must be non-negative, got {pair_weights!r}.")
+        if (student_channels is None) != (teacher_channels is None):
+            raise ValueError("FSPLoss: give both student_channels and teacher_channels, or neither.")
+        self.adapters = None
+        if student_channels is not None:
+            if len(student_channels) != len(teacher_channels) or spatial_dims not in _CONV:
+                raise ValueError(
+                    "FSPLoss: student_channels and teacher_channels must have one entry per map, and spatial_dims be "
+                    f"1, 2 or 3; got {student_channels!r}, {teacher_channels!r}, {spatial_dims!r}."
+                )
+            for s, t in zip(student_channels, teacher_channels, strict=True):
+                _check_adapter_args("FSPLoss", s, t, spatial_dims)
+            pairs = zip(student_channels, teacher_channels, strict=True)
+            self.adapters = nn.ModuleList(_CONV[spatial_dims](s, t, kernel_size=1) for s, t in pairs)
 
     @staticmethod
     def fsp_matrix(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
@@ -122,8 +164,15 @@ class FSPLoss(nn.Module):
                 f"{len(teacher)}."
             )
         check_same_batch("FSPLoss", student[0], teacher[0])
+        pairs = len(student) - 1
+        if self.pair_weights is not None and len(self.pair_weights) != pairs:
+            raise ValueError(f"FSPLoss: {len(self.pair_weights)} pair_weights for {pairs} pairs of feature maps.")
+        if self.adapters is not None:
+            if len(self.adapters) != len(student):
+                raise ValueError(f"FSPLoss: built for {len(self.adapters)} maps per side, got {len(student)}.")
+            student = [adapter(x) for adapter, x in zip(self.adapters, student, strict=True)]
         loss = student[0].new_zeros(())
-        for k in range(len(student) - 1):
+        for k in range(pairs):
             g_s = self.fsp_matrix(student[k], student[k + 1])
             with torch.no_grad():
                 g_t = self.fsp_matrix(teacher[k], teacher[k + 1])
@@ -133,7 +182,8 @@ class FSPLoss(nn.Module):
                     f"{tuple(student[k].shape)}, {tuple(student[k + 1].shape)}) but {tuple(g_t.shape)} for the teacher "
                     f"(maps {tuple(teacher[k].shape)}, {tuple(teacher[k + 1].shape)}); channel counts must match."
                 )
-            loss = loss + (g_s - g_t).pow(2).sum(dim=(1, 2)).mean()
+            weight = 1.0 if self.pair_weights is None else self.pair_weights[k]
+            loss = loss + weight * (g_s - g_t).pow(2).sum(dim=(1, 2)).mean()
         return loss
 
 

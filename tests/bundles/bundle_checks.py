@@ -101,7 +101,8 @@ def check_export(
 def stage_parsers(
     bundle_dir: Path, overrides: Mapping[str, Any] | None = None, config_files: Sequence[str] = ("train.json",)
 ) -> dict[str, ConfigParser]:
-    """Stage name -> parser of the config that stage runs with, when ``config_files`` run with ``overrides``.
+    """Stage name -> parser of the config that stage runs with, when ``config_files`` run with ``overrides`` (the
+    KD study's ``distill_init`` stage only when a two-stage ``distill_method`` enables it).
 
     The configs are built as ``medkd_ext.engines.run_stages`` builds them (the running workflow's raw config, with
     the command-line ids, then the stage's overlays and ids); nothing is instantiated.
@@ -119,6 +120,8 @@ def stage_parsers(
         stages.extend(entry if isinstance(entry, list) else [entry])
     parsers = {}
     for stage in stages:
+        if not stage.enabled and stage.name == "distill_init":  # runs with a two-stage distill_method only
+            continue
         parser = ConfigParser(stage_config(workflow.parser.get(), stage, configs))
         parser.parse()
         parsers[stage.name] = parser
@@ -472,6 +475,8 @@ def check_exported_bundle(
 
 STUDY_TERMS = {
     "hinton": {"ce", "kd"},
+    "fitnet": {"ce", "kd"},
+    "fsp": {"ce", "kd"},
     "bss": {"ce", "kd", "bss"},
     "at": {"ce", "at_1", "at_2", "at_3"},
     "sp": {"ce", "sp"},
@@ -481,7 +486,8 @@ STUDY_TERMS = {
     "one": {"ce", "ce_ensemble", "kd"},
     "dml": {"ce_0", "kl_0", "ce_1", "kl_1"},
 }
-"""The loss terms each ``distill_method`` of the KD study reports in the trainer's output."""
+"""The loss terms each ``distill_method`` of the KD study reports in the trainer's output (the student stage's: the
+two-stage methods' second stage is Hinton KD)."""
 
 
 def trained_terms(trainer: Any) -> set[str]:

@@ -218,8 +218,8 @@ def test_train_teachers_false_from_the_command_line_skips_the_teacher_stages(dem
         **_overrides(tmp_path, demo / "mc", train_teachers="false"),
     )
     workflow.parser.parse()
-    teachers, student, _ = workflow.parser.get_parsed_content("stages")
-    assert [s.enabled for s in teachers] == [False] * 5 and student.enabled
+    teachers, distill_init, student, _ = workflow.parser.get_parsed_content("stages")
+    assert [s.enabled for s in teachers] == [False] * 5 and student.enabled and not distill_init.enabled
 
 
 @pytest.mark.parametrize("spatial_dims,size", [(2, [64, 64]), (3, [32, 32, 32])])
@@ -500,5 +500,6 @@ def test_each_kd_study_method_trains_the_student_from_one_key(method, full_teach
     run_stage(CONFIGS / "train.json", values)
     record = json.loads((tmp_path / "models" / "model.json").read_text())
     assert record["distill_method"] == method
+    assert (tmp_path / "models" / "distill_init.pt").is_file() == (method in ("fitnet", "fsp"))
     assert record["method"] == ("student_only" if method in ("one", "dml") else "hinton_kd")
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_samples"] == 8

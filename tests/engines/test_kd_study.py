@@ -64,9 +64,8 @@ def test_loss_terms_follow_table_i():
 def test_method_choice_errors_and_overlays():
     assert kd_study.method_overlays("bss") == ["distill/bss.json"] and kd_study.method_overlays("at") == []
     assert kd_study.method_overlays(None) == [] and not kd_study.needs_teacher("dml") and kd_study.needs_teacher("sp")
-    with pytest.raises(ValueError, match="two-stage method"):
-        kd_study.check_distill_method("fitnet")
-    with pytest.raises(ValueError, match="must be one of hinton, bss"):
+    assert kd_study.two_stage("fitnet") and kd_study.two_stage("fsp") and not kd_study.two_stage("hinton")
+    with pytest.raises(ValueError, match="must be one of hinton, fitnet, fsp, bss"):
         kd_study.check_distill_method("hint")
     with pytest.raises(ValueError, match="baseline true both choose"):
         kd_study.check_choice("at", baseline=True)
@@ -85,3 +84,33 @@ def test_the_deployed_network_of_one_is_its_branch_0_with_the_backbone_keys():
         assert torch.allclose(deployed(x), one(x, output="branch"))
     plain = torch.nn.Linear(2, 2)
     assert kd_study.deployed_network(plain) is plain
+
+
+def test_the_initialisation_stage_of_fitnet_and_fsp():
+    from medkd_ext.engines import DistillationTrainer, loss_parameters
+    from medkd_ext.losses import FitNetLoss, FSPLoss
+
+    nets = _nets()
+    student, teacher = nets["resnet18"], nets["densenet121"]
+    fitnet = kd_study.init_loss_terms("fitnet", student, teacher, 1, [64, 64])
+    assert [(t.name, t.student, t.teacher, t.weight) for t in fitnet] == [
+        ("fitnet_2", "layer3", "features.denseblock3", 1.0)
+    ]
+    assert isinstance(fitnet[0].loss, FitNetLoss) and fitnet[0].loss.resize
+    assert (fitnet[0].loss.student_channels, fitnet[0].loss.teacher_channels) == (256, 1024)
+    (fsp,) = kd_study.init_loss_terms("fsp", student, teacher, 1, [64, 64])
+    assert isinstance(fsp.loss, FSPLoss) and fsp.loss.pair_weights == [1.0, 3.0, 1.0]
+    assert fsp.student == ["layer1", "layer2", "layer3", "layer4"] and len(fsp.loss.adapters) == 4
+    # the terms train: no supervised term, the adapters are optimised with the student
+    for terms in (fitnet, [fsp]):
+        params = list(student.parameters()) + loss_parameters(terms)
+        batch = {"image": torch.randn(4, 1, 64, 64), "label": torch.zeros(4)}
+        trainer = DistillationTrainer(
+            device="cpu", max_epochs=1, train_data_loader=[batch],
+            network=student, optimizer=torch.optim.SGD(params, lr=1e-3), teachers={"teacher": teacher},
+            loss_terms=terms, decollate=False,
+        )
+        trainer.run()
+        assert torch.isfinite(trainer.state.output["loss"])
+    with pytest.raises(ValueError, match="no initialisation stage"):
+        kd_study.init_loss_terms("hinton", student, teacher, 1, [64, 64])
