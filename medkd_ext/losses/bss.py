@@ -79,6 +79,24 @@ def _check_classes(classes: object, logits: torch.Tensor, owner: str, name: str)
     return classes
 
 
+def _check_attack_args(
+    owner: str, steps: int, step_size: float, max_epsilon: float | None, norm: str, clamp: object
+) -> None:
+    """The checks of the boundary attack's settings, shared by :func:`boundary_supporting_attack` and
+    :class:`BoundarySupportingSamples`."""
+    check_positive_int(steps, owner, "steps")
+    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not step_size > 0:
+        raise ValueError(f"{owner}: step_size must be a positive number, got {step_size!r}.")
+    if max_epsilon is not None and (
+        isinstance(max_epsilon, bool) or not isinstance(max_epsilon, (int, float)) or max_epsilon < 0
+    ):
+        raise ValueError(f"{owner}: max_epsilon must be a non-negative number or None, got {max_epsilon!r}.")
+    if norm not in _NORMS:
+        raise ValueError(f"{owner}: norm must be one of {_NORMS}, got {norm!r}.")
+    if clamp is not None and (len(clamp) != 2 or not float(clamp[0]) < float(clamp[1])):
+        raise ValueError(f"{owner}: clamp must be None or (low, high) with low < high, got {clamp!r}.")
+
+
 def select_base_samples(
     teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor, attack_size: int
 ) -> torch.Tensor:
@@ -194,17 +212,7 @@ def boundary_supporting_attack(
     if not isinstance(model, nn.Module):
         raise TypeError(f"{owner}: model must be a torch.nn.Module, got {type(model).__name__}.")
     check_tensor(x, owner, "x")
-    check_positive_int(steps, owner, "steps")
-    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not step_size > 0:
-        raise ValueError(f"{owner}: step_size must be a positive number, got {step_size!r}.")
-    if max_epsilon is not None and (
-        isinstance(max_epsilon, bool) or not isinstance(max_epsilon, (int, float)) or max_epsilon < 0
-    ):
-        raise ValueError(f"{owner}: max_epsilon must be a non-negative number or None, got {max_epsilon!r}.")
-    if norm not in _NORMS:
-        raise ValueError(f"{owner}: norm must be one of {_NORMS}, got {norm!r}.")
-    if clamp is not None and (len(clamp) != 2 or not clamp[0] < clamp[1]):
-        raise ValueError(f"{owner}: clamp must be None or (low, high) with low < high, got {clamp!r}.")
+    _check_attack_args(owner, steps, step_size, max_epsilon, norm, clamp)
     for name, classes in (("base_class", base_class), ("target_class", target_class)):
         if not isinstance(classes, torch.Tensor) or classes.shape != (x.shape[0],) or classes.is_floating_point():
             raise ValueError(f"{owner}: {name} must be an integer tensor of shape ({x.shape[0]},), got {classes!r}.")
@@ -271,19 +279,10 @@ class BoundarySupportingSamples:
     ) -> None:
         owner = "BoundarySupportingSamples"
         self.attack_size = check_positive_int(attack_size, owner, "attack_size")
-        self.steps = check_positive_int(steps, owner, "steps")
-        if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not step_size > 0:
-            raise ValueError(f"{owner}: step_size must be a positive number, got {step_size!r}.")
-        if max_epsilon is not None and (
-            isinstance(max_epsilon, bool) or not isinstance(max_epsilon, (int, float)) or max_epsilon < 0
-        ):
-            raise ValueError(f"{owner}: max_epsilon must be a non-negative number or None, got {max_epsilon!r}.")
-        if norm not in _NORMS:
-            raise ValueError(f"{owner}: norm must be one of {_NORMS}, got {norm!r}.")
+        _check_attack_args(owner, steps, step_size, max_epsilon, norm, clamp)
+        self.steps = int(steps)
         if clamp is not None:
             clamp = (float(clamp[0]), float(clamp[1]))
-            if not clamp[0] < clamp[1]:
-                raise ValueError(f"{owner}: clamp must be None or (low, high) with low < high, got {clamp!r}.")
         if target not in BSS_TARGETS:
             raise ValueError(f"{owner}: target must be one of {BSS_TARGETS}, got {target!r}.")
         if generator is not None and not isinstance(generator, torch.Generator):

@@ -9,18 +9,12 @@ from torch import nn
 
 from medkd_ext.engines import BSSDistillationTrainer, LossTerm, bss_weight_scale, heo_kd_weight
 from medkd_ext.losses import BoundarySupportingSamples, KDLoss, boundary_supporting_attack, select_base_samples
+from tests.losses.test_bss import ConvNet as _ConvNet
 
 
-class ConvNet(nn.Module):
-    def __init__(self, dims: int = 2, width: int = 4, num_classes: int = 3) -> None:
-        super().__init__()
-        conv = nn.Conv2d if dims == 2 else nn.Conv3d
-        norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d
-        self.features = nn.Sequential(conv(1, width, 3, padding=1), norm(width), nn.ReLU())
-        self.head = nn.Linear(width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).flatten(2).mean(2))
+def ConvNet(dims: int = 2, width: int = 4, num_classes: int = 3) -> nn.Module:  # noqa: N802 - the tests' network
+    """The BSS loss tests' network, with this file's smaller default width and three classes."""
+    return _ConvNet(dims, width, num_classes)
 
 
 def _data(teacher: nn.Module, n: int = 8, dims: int = 2, wrong: int = 0) -> list[dict]:
