@@ -60,6 +60,7 @@ __all__ = [
     "check_writable",
     "completion_path",
     "current_config",
+    "disabled_stages",
     "for_each",
     "load_stage_output",
     "locate_bundle",
@@ -152,6 +153,7 @@ def for_each(
     index_id: str,
     count: int,
     outputs: Sequence[str | os.PathLike] = (),
+    indices: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> list[Stage]:
     """``count`` stages of one overlay, stage ``i`` named ``<name>_<i>`` with ``index_id`` set to ``i``.
@@ -162,6 +164,8 @@ def for_each(
         index_id: the id that tells the overlay which one it is (``"source_index"``, ``"teacher_index"``).
         count: number of stages.
         outputs: one output per stage (``outputs[i]`` is written by stage ``i``), or empty.
+        indices: only the stages of these indices (e.g. the one teacher a single-teacher method distils); default
+            all ``count``.
         kwargs: other :class:`Stage` arguments, the same for every stage.
     """
     if isinstance(count, bool) or not isinstance(count, Integral) or count < 0:
@@ -169,10 +173,29 @@ def for_each(
     outputs = list(outputs)
     if outputs and len(outputs) != count:
         raise ValueError(f"for_each('{name}'): {len(outputs)} outputs for {count} stages; give one per stage.")
+    chosen = range(int(count)) if indices is None else list(indices)
+    bad = [i for i in chosen if isinstance(i, bool) or not isinstance(i, Integral) or not 0 <= i < count]
+    if bad:
+        raise ValueError(f"for_each('{name}'): indices {bad} are not stage indices in [0, {count}).")
     return [
-        Stage(f"{name}_{i}", config, ids={index_id: i}, outputs=[outputs[i]] if outputs else (), **kwargs)
-        for i in range(int(count))
+        Stage(f"{name}_{i}", config, ids={index_id: int(i)}, outputs=[outputs[i]] if outputs else (), **kwargs)
+        for i in chosen
     ]
+
+
+def disabled_stages(config_file: str | os.PathLike, names: Iterable[str]) -> dict[str, bool]:
+    """The overrides that disable the stages named ``names`` in a bundle's ``config_file`` (its ``"stages"`` list):
+    ``{"stages#<i>#enabled": False}``, found by name so that a script keeps working when stages are added.
+
+    Raises:
+        ValueError: a name that no stage of the file has (the names it has are listed).
+    """
+    stages = json.loads(Path(config_file).read_text(encoding="utf-8")).get("stages", [])
+    by_name = {entry.get("name"): i for i, entry in enumerate(stages) if isinstance(entry, Mapping)}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(f"{config_file} has no stage named {missing}; its stages are {list(by_name)}.")
+    return {f"stages#{by_name[n]}#enabled": False for n in names}
 
 
 def _flatten(stages: Iterable[Stage | Iterable[Stage]]) -> list[Stage]:

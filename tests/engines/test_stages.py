@@ -10,6 +10,7 @@ from medkd_ext.engines import (
     Stage,
     as_flag,
     check_writable,
+    disabled_stages,
     for_each,
     locate_bundle,
     run_stage,
@@ -121,6 +122,22 @@ def test_for_each_and_stage_arguments_are_checked():
         Stage("t", "t.json", enabled="maybe")
     with pytest.raises(ValueError, match="config must be a file name"):
         Stage("t", [])
+
+
+def test_for_each_indices_keep_only_those_stages_with_their_outputs():
+    stages = for_each("t", "t.json", "teacher_index", 5, [f"m/t{i}.pt" for i in range(5)], indices=[4])
+    assert [(s.name, s.ids, s.outputs) for s in stages] == [("t_4", {"teacher_index": 4}, ["m/t4.pt"])]
+    assert for_each("t", "t.json", "teacher_index", 5, indices=[]) == []
+    with pytest.raises(ValueError, match=r"indices \[5\] are not stage indices in \[0, 5\)"):
+        for_each("t", "t.json", "teacher_index", 5, indices=[5])
+
+
+def test_disabled_stages_finds_stages_by_name(tmp_path):
+    stages = [{"name": "teacher"}, {"name": "student"}, {"name": "evaluate"}]
+    config = _write(tmp_path / "train.json", {"stages": stages})
+    assert disabled_stages(config, ["student", "evaluate"]) == {"stages#1#enabled": False, "stages#2#enabled": False}
+    with pytest.raises(ValueError, match=r"no stage named \['joint'\]; its stages are \['teacher', 'student', 'eval"):
+        disabled_stages(config, ["joint"])
 
 
 def test_as_flag():
