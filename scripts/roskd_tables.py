@@ -25,8 +25,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from medkd_ext.engines import run_stage  # noqa: E402
-from medkd_ext.engines.roskd import ROSKD_METHODS, TEACHER_DATA  # noqa: E402
+from medkd_ext.engines import disabled_stages, run_stage  # noqa: E402
+from medkd_ext.engines.roskd import ROSKD_METHODS, TEACHER_DATA, method_teacher_indices  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "roskd_classification" / "configs"
 ROWS = {
@@ -65,10 +65,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         models = work / f"seed_{seed}" / "models"
         for data in sorted({TEACHER_DATA[m] for m in args.methods if m in TEACHER_DATA}):
             start = time.perf_counter()
-            method = next(m for m in args.methods if TEACHER_DATA.get(m) == data)  # selects the set to train
+            # the method selects the set to train: of those trained on this data, the one distilling the most teachers
+            method = max((m for m in args.methods if TEACHER_DATA.get(m) == data),
+                         key=lambda m: len(method_teacher_indices(m, 5, 4)))
             teacher_overrides = {**base, "method": method, "ckpt_dir": str(models),
                                  "output_dir": str(work / f"seed_{seed}" / f"teachers_{data}")}
-            teacher_overrides.update({"stages#1#enabled": False, "stages#2#enabled": False})  # teachers only
+            teacher_overrides.update(disabled_stages(CONFIGS / "train.json", ("distill_init", "student", "evaluate")))
             if args.teacher_max_epochs is not None:
                 teacher_overrides["teacher_max_epochs"] = args.teacher_max_epochs
             run_stage(CONFIGS / "train.json", overrides=teacher_overrides)
