@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .attacks import evaluate_under_attack, fgsm, pgd
+from .attacks import evaluate_under_attack, fgsm, pgd, transferability
 from .classification import (
     ClassificationMetric,
     PredictionCollector,
@@ -30,4 +30,5 @@ __all__ = [
     "report_to_csv",
     "report_to_markdown",
     "segmentation_report",
+    "transferability",
 ]

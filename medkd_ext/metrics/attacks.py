@@ -8,7 +8,8 @@ in ``eval()`` for the attack and given back in the mode it had.
 :func:`evaluate_under_attack` collects probabilities before and after an attack, ready for
 :func:`medkd_ext.metrics.classification_report`. The building blocks (:func:`attack_mode`, :func:`ascent_direction`,
 :func:`project_perturbation`, :func:`plain_copy`, :func:`finish_attack`) also serve the boundary-supporting-sample
-attack of BSS (:mod:`medkd_ext.losses.bss`).
+attack of BSS (:mod:`medkd_ext.losses.bss`). :func:`transferability` measures how often adversarial examples made on one
+model fool another (the KD study's Fig. 1).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "pgd",
     "plain_copy",
     "project_perturbation",
+    "transferability",
 ]
 
 _NORMS = ("l2", "linf")
@@ -291,3 +293,83 @@ def evaluate_under_attack(
         "adv_probs": torch.cat(adv) if attack is not None else None,
         "labels": y_all,
     }
+
+
+def _predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+            return torch.cat([model(x.to(device)).argmax(dim=1).cpu() for x in batches])
+    finally:
+        model.train(was_training)
+
+
+def transferability(
+    models: Mapping[str, nn.Module],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    attack: Callable[[nn.Module, torch.Tensor, Any], torch.Tensor],
+    sources: Iterable[str] | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+) -> dict[str, dict[str, dict[str, int]]]:
+    """How often adversarial examples made on one model fool another (Papernot et al.; the KD study's Fig. 1).
+
+    For every source model, ``attack(source, x, y)`` turns each image into an adversarial one (white-box on the
+    source). For every pair (source, target), only the images that **both** classify correctly count, as in the KD
+    study ("a more fine-grained evaluation"), and the attack succeeds on an image when the target misclassifies its
+    adversarial version. Multi-class classifiers only (prediction = argmax of the logits).
+
+    Args:
+        models: name -> classifier returning logits ``(B, C)``; every model is a target, and a source unless
+            ``sources`` says otherwise. Each is evaluated in ``eval()`` and given back in its mode.
+        images: ``(N, C, *spatial)`` inputs, in the range the attack clamps to.
+        labels: ``(N,)`` class indices.
+        attack: ``attack(model, x, y) -> x_adv``, e.g. ``functools.partial(pgd, loss_fn=nn.CrossEntropyLoss(),
+            radius=0.031, step=0.003, steps=20, norm="linf")``.
+        sources: the names of the source models (default: every model).
+        batch_size: images per forward pass and per attack.
+        device: where to run; default the device of the first model's parameters.
+
+    Returns:
+        ``{target: {source: {"fooled": k, "both_correct": n}}}``; the success rate is ``k / n`` (undefined when
+        ``n == 0``: no image that both classify correctly).
+    """
+    if not models:
+        raise ValueError("transferability: models is empty.")
+    if not callable(attack):
+        raise TypeError(f"transferability: attack must be callable (model, x, y) -> x_adv, got {type(attack)}.")
+    labels = torch.as_tensor(labels).reshape(-1).long().cpu()
+    if images.shape[0] != labels.shape[0] or images.shape[0] == 0:
+        raise ValueError(
+            f"transferability: {images.shape[0]} images for {labels.shape[0]} labels; give one class index per image."
+        )
+    if not is_positive_int(batch_size):
+        raise ValueError(f"transferability: batch_size must be an int >= 1, got {batch_size!r}.")
+    sources = list(models) if sources is None else list(sources)
+    unknown = [name for name in sources if name not in models]
+    if unknown:
+        raise ValueError(f"transferability: sources {unknown} are not among the models {list(models)}.")
+    if device is None:
+        first = next(next(iter(models.values())).parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    images = images.as_tensor() if hasattr(images, "as_tensor") else images
+    correct = {name: _predict(model, images, batch_size, device) == labels for name, model in models.items()}
+    result: dict[str, dict[str, dict[str, int]]] = {target: {} for target in models}
+    for source in sources:
+        adversarial = torch.cat(
+            [
+                attack(models[source], images[i : i + batch_size].to(device), labels[i : i + batch_size].to(device))
+                .detach()
+                .cpu()
+                for i in range(0, len(images), batch_size)
+            ]
+        )
+        for target, model in models.items():
+            both = correct[source] & correct[target]
+            fooled = both & (_predict(model, adversarial, batch_size, device) != labels)
+            result[target][source] = {"fooled": int(fooled.sum()), "both_correct": int(both.sum())}
+    return result

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from medkd_ext.metrics import classification_report, evaluate_under_attack, fgsm, pgd
+from medkd_ext.metrics import classification_report, evaluate_under_attack, fgsm, pgd, transferability
 
 CE = nn.CrossEntropyLoss()
 
@@ -148,3 +148,54 @@ def test_evaluate_under_attack_feeds_classification_report():
     assert torch.allclose(clean_only["clean_probs"], torch.sigmoid(model(x_all)), atol=1e-6)
     with pytest.raises(ValueError, match="batches is empty"):
         evaluate_under_attack(model, [])
+
+
+class _Threshold(nn.Module):
+    """Class 1 when the image mean exceeds ``threshold``; its ``step`` says how far the test's attack moves an image."""
+
+    def __init__(self, threshold: float, step: float) -> None:
+        super().__init__()
+        self.threshold, self.step = threshold, step
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        m = x.flatten(1).mean(1) * self.scale
+        return torch.stack([self.threshold - m, m - self.threshold], dim=1)
+
+
+def _push(model, x, y):
+    """A stand-in attack: moves each image towards the other class by the source model's ``step``."""
+    direction = torch.where(y == 0, 1.0, -1.0).view(-1, 1, 1, 1)
+    return x + model.step * direction
+
+
+def test_transferability_counts_only_images_both_models_classify_correctly():
+    images = torch.tensor([0.1, 0.3, 0.6, 0.9]).view(4, 1, 1, 1).expand(4, 1, 2, 2).contiguous()
+    labels = torch.tensor([0, 0, 1, 1])
+    models = {"a": _Threshold(0.5, 0.35), "b": _Threshold(0.2, 0.05)}  # a: all correct; b: wrong on image 1
+    result = transferability(models, images, labels, _push, batch_size=3)
+    # from a (means 0.45, 0.65, 0.25, 0.55): a errs on images 1 and 2 of its 4; b errs on image 0 of the 3 both get
+    assert result["a"]["a"] == {"fooled": 2, "both_correct": 4}
+    assert result["b"]["a"] == {"fooled": 1, "both_correct": 3}
+    # from b (means 0.15, 0.35, 0.55, 0.85): nothing that both classified correctly is misclassified
+    assert result["a"]["b"] == {"fooled": 0, "both_correct": 3}
+    assert result["b"]["b"] == {"fooled": 0, "both_correct": 3}
+    only_a = transferability(models, images, labels, _push, sources=["a"])
+    assert {t: list(row) for t, row in only_a.items()} == {"a": ["a"], "b": ["a"]}
+    assert [m.training for m in models.values()] == [True, True]
+
+
+def test_transferability_of_pgd_on_a_small_cnn_and_bad_arguments():
+    torch.manual_seed(0)
+    images, labels = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    models = {name: nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(144, 3)) for name in ("s", "t")}
+    attack = partial(pgd, loss_fn=CE, radius=0.031, step=0.003, steps=20, norm="linf")
+    result = transferability(models, images, labels, attack)
+    for target in models:
+        for source in models:
+            cell = result[target][source]
+            assert 0 <= cell["fooled"] <= cell["both_correct"] <= 6
+    with pytest.raises(ValueError, match="5 images for 6 labels"):
+        transferability(models, images[:5], labels, attack)
+    with pytest.raises(ValueError, match=r"sources \['x'\] are not among the models \['s', 't'\]"):
+        transferability(models, images, labels, attack, sources=["x"])
