@@ -317,7 +317,7 @@ def test_bad_input_errors(what, config, extra, match, demo, tmp_path):
 
 
 def test_paper_overlay_restores_the_paper_settings(demo, tmp_path):
-    overrides = _overrides(tmp_path, demo / "mc", method="student_only")
+    overrides = _overrides(tmp_path, demo / "mc")  # RoS-KD (the default method) trains every teacher
     parsers = stage_parsers(BUNDLE, overrides, ["train.json", "paper.json"])
     parser = parsers["student"]
     names = [type(n).__name__ for n in parser.get_parsed_content("teacher_defs")]
