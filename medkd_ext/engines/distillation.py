@@ -59,6 +59,9 @@ class LossTerm:
         embed: global-average-pool every value to ``(B, C)`` and concatenate a list of them along channels,
             giving one multi-level embedding per side (for ``SimilarityKLLoss`` and the relational losses).
         scale: second multiplicative factor, 1 by default (a curriculum ``c(t)``).
+        min_batch: the fewest samples a batch needs for the term (relations between samples: 2 for RKD's distances,
+            3 for its angles); a smaller batch, such as the last of an epoch, trains without the term (its value is
+            logged as 0) instead of failing.
     """
 
     name: str
@@ -69,6 +72,7 @@ class LossTerm:
     teachers: int | str | Sequence[int | str] | None = None
     embed: bool = False
     scale: float = 1.0
+    min_batch: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -320,10 +324,15 @@ class DistillationTrainer(SupervisedTrainer):
                 student_values.update(engine.student_taps.features)
             total = None
             for term in engine.loss_terms.values():
+                if inputs.shape[0] < term.min_batch:
+                    engine.state.output[term.name] = torch.zeros((), device=inputs.device)
+                    continue
                 value = engine._term_value(term, student_values, teacher_values, targets).mean()
                 engine.state.output[term.name] = value.detach()
                 weighted = value * (float(term.weight) * float(term.scale))
                 total = weighted if total is None else total + weighted
+            if total is None:  # every term skipped: a step that changes nothing
+                total = engine.state.output[Keys.PRED].sum() * 0.0
             engine.state.output[Keys.LOSS] = total
 
         engine.network.train()

@@ -240,10 +240,13 @@ def study_loss_terms(
     terms = [ce]
     if method in ("rkd_d", "rkd_da"):
         terms.append(
-            LossTerm("rkd_distance", RKDDistanceLoss(), weight=float(s["rkd_distance_weight"]), embed=True, **block)
+            LossTerm("rkd_distance", RKDDistanceLoss(), weight=float(s["rkd_distance_weight"]), embed=True, min_batch=2,
+                     **block)
         )
     if method in ("rkd_a", "rkd_da"):
-        terms.append(LossTerm("rkd_angle", RKDAngleLoss(), weight=float(s["rkd_angle_weight"]), embed=True, **block))
+        terms.append(
+            LossTerm("rkd_angle", RKDAngleLoss(), weight=float(s["rkd_angle_weight"]), embed=True, min_batch=3, **block)
+        )
     return terms
 
 

@@ -40,7 +40,7 @@ def _trainer(terms, teachers, student=None, extra_params=(), **kwargs):
     return DistillationTrainer(
         device="cpu",
         max_epochs=kwargs.pop("max_epochs", 1),
-        train_data_loader=_loader(),
+        train_data_loader=kwargs.pop("loader", None) or _loader(),
         network=student,
         optimizer=torch.optim.SGD(params, lr=0.1),
         teachers=teachers,
@@ -201,3 +201,29 @@ def test_iteration_events_are_fired():
                               "loss" in e.state.output)))
     trainer.run()
     assert fired == [("forward", True, False), ("loss", True, True)] * 2
+
+
+def test_a_batch_smaller_than_a_terms_min_batch_trains_without_that_term():
+    """RKD needs 2 (distances) and 3 (angles) samples: an epoch of 9 cases in batches of 4 ends with a batch of 1,
+    which trains on the other terms (the relational ones logged as 0) instead of failing."""
+    from medkd_ext.losses import RKDAngleLoss, RKDDistanceLoss
+
+    terms = [
+        LossTerm("ce", nn.CrossEntropyLoss(), teacher="label"),
+        LossTerm("rkd_d", RKDDistanceLoss(), weight=25.0, student="block", teacher="block", embed=True, min_batch=2),
+        LossTerm("rkd_a", RKDAngleLoss(), weight=50.0, student="block", teacher="block", embed=True, min_batch=3),
+    ]
+    trainer = _trainer(terms, TinyNet(width=6), decollate=False, loader=_loader(n=9, batch=4))
+    outputs = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(dict(e.state.output)))
+    trainer.run()
+    assert [len(o["label"]) for o in outputs] == [4, 4, 1]
+    assert all(o["rkd_d"] > 0 and o["rkd_a"] > 0 for o in outputs[:2])
+    last = outputs[-1]
+    assert last["rkd_d"] == 0 and last["rkd_a"] == 0
+    assert torch.allclose(last["loss"].detach(), last["ce"], atol=1e-6)
+    # without min_batch the loss itself refuses the batch, naming it
+    with pytest.raises(Exception, match="at least 2 samples"):
+        bare = _trainer([LossTerm("rkd_d", RKDDistanceLoss(), student="block", teacher="block", embed=True)],
+                        TinyNet(width=6), loader=_loader(n=1, batch=1))
+        bare.run()
