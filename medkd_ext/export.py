@@ -53,8 +53,13 @@ ERRORS_FILE = "scripts/medkd_errors.py"
 """Where the exported bundle holds its copy of :mod:`medkd_ext.errors` (the last line of a failed run says what is
 wrong there too); like the runtime, that module imports nothing from ``medkd_ext``."""
 
-_DROPPED_TARGETS = {"medkd_ext.transforms.ValidateCased", "medkd_ext.transforms.ValidateClassLabeld"}
-"""medkd_ext transforms that only check a case; the exported config leaves them out."""
+_DROPPED_TARGETS = {
+    "medkd_ext.transforms.ValidateCased",
+    "medkd_ext.transforms.ValidateClassLabeld",
+    "medkd_ext.transforms.SaveDicomSegd",
+}
+"""medkd_ext transforms the exported config leaves out: those that only check a case, and the DICOM-SEG writer (it
+needs highdicom; an exported bundle writes its masks as NIfTI, ``output_format`` fixed to ``nifti``)."""
 
 _GENERATED = {
     "imports",
@@ -241,6 +246,8 @@ def _standalone_config(parser: Any, raw: Mapping[str, Any]) -> dict[str, Any]:
         "$torch.set_num_threads(@num_threads) if @num_threads else None",
     ]
     writer.needed.add("spatial_dims")
+    if "output_format" in raw:
+        config["output_format"] = "nifti"  # the DICOM-SEG writer is not exported (see _DROPPED_TARGETS)
     # settings the kept items reference (class names, sizes, flags), as the values the training run recorded
     pending = [i for i in writer.needed if i.split("#")[0] not in config]
     while pending:

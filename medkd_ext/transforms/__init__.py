@@ -1,8 +1,20 @@
-"""Custom MONAI transforms used by the bundles: case validation and image-channel fitting; image sizes."""
+"""Custom MONAI transforms used by the bundles: case validation and image-channel fitting; image sizes; DICOM-SEG
+output."""
 
 from __future__ import annotations
 
+from .dicom_seg import OUTPUT_FORMATS, SaveDicomSegd, check_output_format, write_dicom_seg
 from .sizes import spatial_size
 from .validation import EnsureImageChannelsd, ValidateCased, ValidateClassLabeld, describe_source
 
-__all__ = ["EnsureImageChannelsd", "ValidateCased", "ValidateClassLabeld", "describe_source", "spatial_size"]
+__all__ = [
+    "OUTPUT_FORMATS",
+    "EnsureImageChannelsd",
+    "SaveDicomSegd",
+    "ValidateCased",
+    "ValidateClassLabeld",
+    "check_output_format",
+    "describe_source",
+    "spatial_size",
+    "write_dicom_seg",
+]

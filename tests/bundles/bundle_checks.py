@@ -220,6 +220,7 @@ def write_dicom_series(folder: Path, suffix: str = ".dcm", slices: int = 10) -> 
             "0008|0060": "CT",
             "0020|000e": series,
             "0020|000d": series + ".1",
+            "0020|0052": series + ".2",  # FrameOfReferenceUID, as every CT series has (a DICOM-SEG shares it)
             "0020|0037": "1\\0\\0\\0\\1\\0",
             "0020|0032": "\\".join(map(str, volume.TransformIndexToPhysicalPoint((0, 0, i)))),
             "0020|0013": str(i + 1),

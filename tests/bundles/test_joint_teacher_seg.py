@@ -203,6 +203,35 @@ def test_inference_keeps_shape_and_affine_of_nifti_and_dicom(trained, tmp_path):
     np.testing.assert_allclose(dicom_mask.affine, np.asarray(dicom.affine), atol=1e-3)
 
 
+def test_inference_writes_a_dicom_seg_for_a_series_without_file_suffixes(trained, tmp_path):
+    """``--output_format '["nifti", "dicom_seg"]'`` on a DICOM series whose files have no extension: a DICOM-SEG that
+    references the series' instances, its frames equal to the NIfTI mask; ``dicom_seg`` alone refuses a NIfTI input
+    before inference, naming it."""
+    import highdicom as hd
+    import pydicom
+
+    tmp, _ = trained
+    images = tmp_path / "images"
+    images.mkdir()
+    files = write_dicom_series(images / "series_b", suffix="", slices=12)
+    out = tmp_path / "out"
+    run(config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE), ckpt_dir=str(tmp / "models"),
+        student_width=4, dataset_dir=str(images), output_dir=str(out), output_format=["nifti", "dicom_seg"])
+    mask = np.asarray(nib.load(str(next(out.glob("series_b*.nii.gz")))).get_fdata()).astype(np.uint8)
+    sources = [pydicom.dcmread(f) for f in files]
+    seg = hd.seg.segread(out / "series_b_seg.dcm")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == sources[0].SeriesInstanceUID
+    frames = seg.get_pixels_by_source_instance([s.SOPInstanceUID for s in sources], combine_segments=True)
+    np.testing.assert_array_equal(frames.transpose(2, 1, 0), mask)
+
+    _oblique_nifti(images / "case.nii.gz")
+    with pytest.raises(Exception) as info:
+        run(config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE), ckpt_dir=str(tmp / "models"),
+            student_width=4, dataset_dir=str(images), output_dir=str(tmp_path / "out2"), output_format="dicom_seg")
+    assert "case.nii.gz is not DICOM" in " | ".join(str(e) for e in _chain(info.value))
+    assert not (tmp_path / "out2").exists()
+
+
 def test_missing_stage_inputs_name_the_stage(tmp_path):
     make_segmentation_demo(tmp_path / "data", seed=0, size=(24, 24, 24), n_target_train=2, n_target_test=1, n_source=1)
     overrides = _tiny(tmp_path)
