@@ -120,8 +120,8 @@ def test_a_study_writes_the_tables_resumes_and_refuses_other_settings(tiny_demo,
     assert runs == {(s, m) for s in settings for m in ("teacher", "baseline", "hinton", "dml")}
     assert all(0 <= float(r["accuracy"]) <= 1 for r in rows)
     matrix = list(csv.DictReader(open(work / "kd_study_transfer.csv")))
-    models = {"teacher", "baseline", "hinton", "dml"}
-    assert {(r["source"], r["target"]) for r in matrix} == {(s, t) for s in models for t in models}  # the diagonal: white-box
+    models = {"teacher", "baseline", "hinton", "dml"}  # the diagonal too (white-box)
+    assert {(r["source"], r["target"]) for r in matrix} == {(s, t) for s in models for t in models}
     for r in matrix:
         assert 0 <= int(r["fooled"]) <= int(r["both_correct"]) <= 8
     # the imbalanced setting trained on the power-law subset; the noisy one on noisy labels with its own teacher
