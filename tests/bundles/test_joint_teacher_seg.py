@@ -389,7 +389,8 @@ def small_demo(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("student_arch", ["unet", "tresunet"])
 def test_paper_json_runs_every_stage_for_every_pairing(small_demo, tmp_path, teacher_arch, student_arch):
     """``paper.json`` end to end (every stage, one epoch each) with only sizes reduced: widths, epochs, patch size
-    (the smallest that ``check_patch_size`` names for the pairing) and token budget. TResUNet teachers with a UNet
+    (the smallest that ``check_patch_size`` names for the pairing) and token budget; teachers twice the student's
+    width, as ``paper.json``'s (at equal widths the deepest levels match by chance). TResUNet teachers with a UNet
     student is the paper's own pairing, which crashed at stage 2 before the joint teacher took its fused widths from
     ``joint_fused_channels``."""
     from medkd_ext.engines.joint_teacher import check_patch_size
@@ -405,7 +406,7 @@ def test_paper_json_runs_every_stage_for_every_pairing(small_demo, tmp_path, tea
     overrides = {
         "bundle_root": str(BUNDLE), "dataset_dir": str(small_demo), "ckpt_dir": str(tmp_path / "models"),
         "output_dir": str(tmp_path / "eval"), "device": "cpu", "teacher_arch": teacher_arch,
-        "student_arch": student_arch, "teacher_width": 4, "student_width": 4, "roi_size": [smallest] * 3,
+        "student_arch": student_arch, "teacher_width": 8, "student_width": 4, "roi_size": [smallest] * 3,
         "max_tokens": 64, "target_teacher_max_epochs": 1, "source_teacher_max_epochs": 1, "joint_max_epochs": 1,
         "max_epochs": 1,
     }
