@@ -187,6 +187,9 @@ def _execute(job: dict[str, Any]) -> dict[str, Any]:
     from medkd_ext.engines import run_stage, set_num_threads
 
     logging.disable(logging.INFO)  # the runs' progress logs (the bundles' logging.conf shows INFO); warnings stay
+    # but one: MONAI's LoadImage says on every construction that the GPU DICOM decoder nvImageCodec is missing, a
+    # line per run and loader worker on a machine without it (the study runs hundreds)
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     set_num_threads(job["overrides"].get("num_threads"))
     start = time.perf_counter()
     if job["kind"] == TEACHER:
