@@ -7,6 +7,7 @@ from typing import Any
 
 from .datalist import check_files_exist, check_image_files, class_names, list_images, load_datalist, log_splits
 from .imagefiles import IMAGE_SUFFIXES, check_image_file, dicom_files, is_dicom_file, is_image_file
+from .loader import PrefetchDataLoader, independent_transform
 from .noise import LABEL_NOISE_MODES, apply_label_noise_to_items, inject_label_noise
 from .parts import ALL_CASES, datalist_part
 from .sampling import overlapping_subsets, patient_split, power_law_counts, power_law_imbalance
@@ -57,6 +58,7 @@ __all__ = [
     "VIEW_KEY",
     "TeacherCacheDataset",
     "data_fingerprint",
+    "independent_transform",
     "draw_view",
     "randomizables",
     "seed_randomizables",
@@ -67,6 +69,7 @@ __all__ = [
     "CLASSIFICATION_CLASS_NAMES",
     "DEMO_MANIFEST_NAME",
     "LABEL_NOISE_MODES",
+    "PrefetchDataLoader",
     "SEGMENTATION_DOMAINS",
     "apply_label_noise_to_items",
     "check_files_exist",

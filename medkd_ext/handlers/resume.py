@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
 
-RUN_ONLY_IDS = ("resume", "num_threads", "num_workers", "device", "teacher_cache_max_memory_mb")
+RUN_ONLY_IDS = ("resume", "num_threads", "num_workers", "prefetch_batches", "device", "teacher_cache_max_memory_mb")
 """Top-level ids that change how a run executes but not what it computes: they may differ between an interrupted run
 and the run that resumes it (``--resume true`` itself, the CPU threads, the loader workers, the device, the memory
 the teacher-output cache may take)."""
