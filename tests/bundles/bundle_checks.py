@@ -368,22 +368,54 @@ def check_same_seed_same_results(args: Sequence[str], first: Path, tmp_path: Pat
         assert max_weight_difference(path, first / "models" / name) == 0.0, name
 
 
-_WITHOUT_MEDKD = (
-    "import runpy, sys; sys.modules['medkd_ext'] = None; sys.argv = ['monai.bundle', *sys.argv[1:]]; "
-    "runpy.run_module('monai.bundle', run_name='__main__')"
-)
-"""``python -c`` program: ``python -m monai.bundle <args>`` where ``import medkd_ext`` fails."""
+_FRESH_ENVIRONMENTS: dict[str, Path] = {}
 
 
-def run_exported(folder: Path, ids: Mapping[str, Any], timeout: float = 600) -> subprocess.CompletedProcess:
-    """The exported bundle's inference as its README says to run it (from its folder), where ``medkd_ext`` cannot
-    be imported; stdout and stderr in ``stdout``."""
-    command = [sys.executable, "-c", _WITHOUT_MEDKD, "run", "--config_file", "configs/inference.json"]
+def _clean_environ() -> dict[str, str]:
+    """This process's environment without what would let another Python import this checkout."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+
+
+def fresh_environment(readme: Path) -> Path:
+    """The ``python`` of a new virtual environment holding only what an exported bundle's ``readme`` installs: its
+    ``python -m pip install ...`` line run as written, after PyTorch of the build running these tests (so that the
+    line's plain ``torch`` is already there: on Linux it would download a CUDA build). ``medkd_ext`` is not in it.
+    Made once per process and install line (the export tests of the three bundles share it), removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+
+    line = next(t.strip() for t in readme.read_text().splitlines() if t.strip().startswith("python -m pip install "))
+    if line in _FRESH_ENVIRONMENTS:
+        return _FRESH_ENVIRONMENTS[line]
+    root = Path(tempfile.mkdtemp(prefix="medkd_fresh_env_"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, env=_clean_environ())
+    python = root / "venv" / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    for packages in ([f"torch=={torch.__version__.split('+')[0]}"], shlex.split(line)[4:]):
+        installed = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", *packages], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            encoding="utf-8", errors="replace", timeout=1800, env=_clean_environ(),
+        )
+        assert installed.returncode == 0, installed.stdout[-3000:]
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('medkd_ext') is not None)"
+    absent = subprocess.run([str(python), "-c", probe], cwd=root, env=_clean_environ())
+    assert absent.returncode == 0, "medkd_ext can be imported in the new environment"
+    _FRESH_ENVIRONMENTS[line] = python
+    return python
+
+
+def run_exported(
+    folder: Path, ids: Mapping[str, Any], python: Path, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """The exported bundle's inference as its README says to run it (from its folder) with ``python`` (a
+    :func:`fresh_environment`); stdout and stderr in ``stdout``."""
+    command = [str(python), "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
     for key, value in ids.items():
         command += [f"--{key}", os.fspath(value) if isinstance(value, (str, os.PathLike)) else json.dumps(value)]
     return subprocess.run(
         command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace",
-        timeout=timeout,
+        timeout=timeout, env=_clean_environ(),
     )
 
 
@@ -417,8 +449,9 @@ def _nifti_outputs(folder: Path) -> dict[str, Any]:
 def check_exported_bundle(
     bundle: str, ckpt_file: Path, inputs: Path, tmp_path: Path, repo_ids: Mapping[str, Any] | None = None
 ) -> None:
-    """``scripts/export_bundle.py`` on ``ckpt_file``; the zip, unpacked in a new folder, runs without ``medkd_ext``
-    and gives the repository's predictions on the images of ``inputs`` (classification: probabilities within 1e-4;
+    """``scripts/export_bundle.py`` on ``ckpt_file``; the zip, unpacked in a new folder, runs in a new virtual
+    environment with only the packages its README installs (:func:`fresh_environment`, no ``medkd_ext``) and gives
+    the repository's predictions on the images of ``inputs`` (classification: probabilities within 1e-4;
     segmentation: the same masks with the input's shape and affine); a file changed after export is refused, named.
     """
     import shutil
@@ -442,7 +475,8 @@ def check_exported_bundle(
     assert "medkd_ext" not in (copy / "configs" / "inference.json").read_text()
     assert "--input_dir" in (copy / "README.md").read_text()
 
-    ran = run_exported(copy, {"input_dir": inputs, "output_dir": tmp_path / "clinic_out"})
+    python = fresh_environment(copy / "README.md")
+    ran = run_exported(copy, {"input_dir": inputs, "output_dir": tmp_path / "clinic_out"}, python)
     assert ran.returncode == 0, ran.stdout[-4000:]
     ours = run_bundle_cli(
         bundle, "inference.json",
@@ -468,7 +502,7 @@ def check_exported_bundle(
 
     config = copy / "configs" / "inference.json"
     config.write_text(config.read_text().replace('"seed": 0', '"seed": 1'))
-    refused = run_exported(copy, {"input_dir": inputs, "output_dir": tmp_path / "refused_out"})
+    refused = run_exported(copy, {"input_dir": inputs, "output_dir": tmp_path / "refused_out"}, python)
     assert refused.returncode != 0
     assert "configs/inference.json changed after this bundle was exported" in last_line(refused), last_line(refused)
     assert not (tmp_path / "refused_out").exists()
