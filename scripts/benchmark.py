@@ -24,8 +24,8 @@ It writes ``benchmark.json`` (every figure, its target, the timings it is made o
 - ``student_vs_joint_inference``: sliding-window inference (the bundle's ``SlidingWindowInferer``: ``roi_size``,
   ``sw_batch_size`` 4, overlap 0.25) of the joint bundle's student / of the joint teacher, same volume. Target <= 0.33.
 - ``load_share_roskd``, ``load_share_attention_transfer``, ``load_share_joint``: in each bundle's student-stage
-  training loop (its ``CacheDataset``, train transforms, ``DataLoader`` and ``num_workers``), the time spent in
-  ``next(loader)`` / the time of the whole iteration (loading + training step). Target <= 0.05.
+  training loop (its ``CacheDataset``, train transforms, loader, ``num_workers`` and ``prefetch_batches``), the time
+  spent in ``next(loader)`` / the time of the whole iteration (loading + training step). Target <= 0.05.
 - ``inference_<student>_<backend>``: each bundle's student (RoS-KD ResNet-18, attention-transfer DenseNet-40,
   joint-teacher UNet) on one batch: eager PyTorch vs TorchScript (``torch.jit.script`` as MONAI's ``ckpt_export``,
   else ``torch.jit.trace``) and ONNX Runtime (when ``onnxruntime`` is installed: ``pip install -e '.[onnx]'``).
@@ -573,7 +573,8 @@ def load_share(context: Context, key: str, bundle: str, overrides: Mapping[str, 
     return ratio_figure(
         key, value, 0.05,
         f"{bundle} student stage: time in next(loader) / iteration time over {len(totals)} iterations "
-        f"({type(loader.dataset).__name__}, num_workers {workers}, batch {shape})",
+        f"({type(loader.dataset).__name__}, num_workers {workers}, prefetch_batches {getattr(loader, 'prefetch', 0)}, "
+        f"batch {shape})",
         {
             "wait_s": sum(waits), "total_s": sum(totals), "iterations": len(totals), "num_workers": workers,
             "median_wait_s": median(waits), "median_iteration_s": median(totals),
