@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from medkd_ext.engines import run_stage
+from medkd_ext.engines import parse_overrides, run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "attention_transfer_densenet" / "configs"
@@ -67,11 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
 
     common: dict[str, Any] = {"device": args.device}
-    for item in args.override:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--override takes KEY=JSON, got {item!r}")
-        common[key] = json.loads(value)
+    try:
+        common.update(parse_overrides(args.override))
+    except ValueError as error:
+        parser.error(str(error))
     if args.max_epochs is not None:
         common["max_epochs"] = args.max_epochs
     if args.beta is not None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from medkd_ext.engines import run_stage
+from medkd_ext.engines import parse_overrides, run_stage
 from medkd_ext.metrics.segmentation import SEGMENTATION_COUNTS
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "joint_teacher_seg"
@@ -100,13 +100,10 @@ def main() -> None:
     parser.add_argument("--override", action="append", default=[], metavar="ID=JSON",
                         help="bundle override for every run, e.g. --override max_epochs=20 (value parsed as JSON)")
     args = parser.parse_args()
-    extra = {}
-    for item in args.override:
-        key, _, value = item.partition("=")
-        try:
-            extra[key] = json.loads(value)
-        except json.JSONDecodeError:
-            extra[key] = value
+    try:
+        extra = parse_overrides(args.override)
+    except ValueError as error:
+        parser.error(str(error))
     per_seed, all_times = [], []
     for seed in range(args.seeds):
         results, times = run_seed(seed, args.out / f"seed_{seed}", extra)

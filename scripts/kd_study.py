@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from medkd_ext.engines.kd_study import KD_METHODS, needs_teacher  # noqa: E402
+from medkd_ext.engines.stages import parse_overrides  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "roskd_classification" / "configs"
 TRAIN = CONFIGS / "train.json"
@@ -76,13 +77,6 @@ TEACHER = "teacher"
 TRANSFER = "transfer"
 
 logger = logging.getLogger("kd_study")
-
-
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def _fmt_float(value: float) -> str:
@@ -234,11 +228,10 @@ class Study:
         for key, epochs in (("max_epochs", args.max_epochs), ("teacher_max_epochs", args.teacher_max_epochs)):
             if epochs is not None:
                 self.common[key] = epochs
-        for item in args.override:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise SystemExit(f"kd_study.py: --override takes id=JSON, got {item!r}.")
-            self.common[key] = _value(value)
+        try:
+            self.common.update(parse_overrides(args.override))
+        except ValueError as error:
+            raise SystemExit(f"kd_study.py: {error}") from None
         if args.device:
             self.common["device"] = args.device
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -25,7 +25,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from medkd_ext.engines import disabled_stages, run_stage  # noqa: E402
+from medkd_ext.engines import disabled_stages, parse_overrides, run_stage  # noqa: E402
 from medkd_ext.engines.roskd import ROSKD_METHODS, TEACHER_DATA, method_teacher_indices  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "roskd_classification" / "configs"
@@ -40,13 +40,6 @@ ATTACKED = ("uniform_mkd", "roskd")
 METRICS = ("precision_macro", "recall_macro", "f1_macro")
 
 
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def _mean_std(values: list[float]) -> str:
     n = len(values)
     mean = sum(values) / n
@@ -59,7 +52,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"seeds": [], "times": {}}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         base = {"device": args.device, "seed": seed, "bundle_root": str(CONFIGS.parent)}
-        base.update({k: _value(v) for k, v in (o.split("=", 1) for o in args.override)})
+        base.update(parse_overrides(args.override))
         if args.dataset_dir:
             base["dataset_dir"] = args.dataset_dir
         models = work / f"seed_{seed}" / "models"

@@ -198,6 +198,26 @@ def disabled_stages(config_file: str | os.PathLike, names: Iterable[str]) -> dic
     return {f"stages#{by_name[n]}#enabled": False for n in names}
 
 
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Command-line overrides ``id=value`` (the scripts' ``--override``) as a dict of bundle ids: each value parsed as
+    JSON (``64``, ``[1, 2]``, ``true``, ``null``), else kept as the string, as ``python -m monai.bundle run`` takes
+    ``--id value``; nested ids (``network_def#widen_factor``) stay as written.
+
+    Raises:
+        ValueError: an item without ``=`` or without an id (the item named).
+    """
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--override takes id=value (the value as JSON, e.g. image_size=64), got {item!r}.")
+        try:
+            overrides[key.strip()] = json.loads(text)
+        except ValueError:
+            overrides[key.strip()] = text
+    return overrides
+
+
 def _flatten(stages: Iterable[Stage | Iterable[Stage]]) -> list[Stage]:
     flat: list[Stage] = []
     for stage in stages:

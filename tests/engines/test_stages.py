@@ -264,3 +264,16 @@ def test_check_writable_names_the_id_and_the_folder(tmp_path):
     blocker.write_text("")
     with pytest.raises(PermissionError, match=r"cannot write to output_dir '.*a_file/eval'.*give --output_dir"):
         check_writable({"ckpt_dir": tmp_path, "output_dir": blocker / "eval"})
+
+
+def test_parse_overrides_reads_json_values_and_keeps_other_text():
+    """The scripts' ``--override id=value``: JSON where it parses (as MONAI's command line), the text otherwise."""
+    from medkd_ext.engines import parse_overrides
+
+    got = parse_overrides(["image_size=64", "roi_size=[32, 32, 32]", "amp=true", "network_def#widen_factor=0.25",
+                           "noise_mode=symmetric", "output_dir=/a=b", "ckpt=null"])
+    assert got == {"image_size": 64, "roi_size": [32, 32, 32], "amp": True, "network_def#widen_factor": 0.25,
+                   "noise_mode": "symmetric", "output_dir": "/a=b", "ckpt": None}
+    for bad in ("image_size", "=64"):
+        with pytest.raises(ValueError, match=f"--override takes id=value .* got {bad!r}"):
+            parse_overrides([bad])
