@@ -20,7 +20,7 @@ from torch import nn
 from medkd_ext.engines.utils import optimisation_step
 from medkd_ext.networks.frozen import FrozenTeacher
 from medkd_ext.networks.taps import FeatureTaps
-from medkd_ext.utils import global_avg_pool
+from medkd_ext.utils import check_positive_int, global_avg_pool
 
 if TYPE_CHECKING:
     from medkd_ext.engines.teacher_cache import TeacherOutputCache
@@ -81,6 +81,7 @@ class LossTerm:
             raise TypeError(f"LossTerm '{self.name}': loss must be callable, got {type(self.loss).__name__}.")
         if self.name in (Keys.IMAGE, Keys.LABEL, Keys.PRED, Keys.LOSS):
             raise ValueError(f"LossTerm: name '{self.name}' is reserved for engine.state.output; choose another.")
+        check_positive_int(self.min_batch, f"LossTerm '{self.name}'", "min_batch")
 
     @property
     def supervised(self) -> bool:

@@ -227,3 +227,9 @@ def test_a_batch_smaller_than_a_terms_min_batch_trains_without_that_term():
         bare = _trainer([LossTerm("rkd_d", RKDDistanceLoss(), student="block", teacher="block", embed=True)],
                         TinyNet(width=6), loader=_loader(n=1, batch=1))
         bare.run()
+
+
+@pytest.mark.parametrize("min_batch", [0, -1, 1.5, True])
+def test_min_batch_must_be_a_positive_int(min_batch):
+    with pytest.raises(ValueError, match=r"LossTerm 'rkd_d': min_batch must be a positive int"):
+        LossTerm("rkd_d", nn.MSELoss(), min_batch=min_batch)
