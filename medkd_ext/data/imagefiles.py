@@ -194,7 +194,7 @@ def _check_dicom_series(folder: Path, files: Sequence[Path], single: bool = Fals
             ) from error
         if str(getattr(getattr(dataset, "file_meta", None), "MediaStorageSOPClassUID", "")) == _DICOMDIR_CLASS:
             continue  # a DICOMDIR index, not an image
-        pixels = dataset.get_item(_PIXEL_DATA, keep_deferred=True)
+        pixels = _pixel_element(dataset)
         if pixels is None:
             raise ValueError(
                 f"{where}: {path.name} is truncated or is not an image: it holds no pixel data; copy the series "
@@ -213,6 +213,15 @@ def _check_dicom_series(folder: Path, files: Sequence[Path], single: bool = Fals
     if not single:
         for series in positions.values():
             _check_slice_gaps(folder, series)
+
+
+def _pixel_element(dataset):
+    """The Pixel Data element of ``dataset`` as read from the file, its value left unread when deferred (so that
+    ``value_tell`` and ``length`` say where it lies), or ``None``."""
+    try:
+        return dataset.get_item(_PIXEL_DATA, keep_deferred=True)
+    except TypeError:  # pydicom < 3 (MONAI Label pins 2.4.4) has no keep_deferred: the raw element, unread
+        return dataset._dict.get(_PIXEL_DATA)
 
 
 def _slice_position(dataset) -> float | None:
