@@ -18,6 +18,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ __all__ = [
     "find_images",
     "is_dicom_file",
     "load_network",
+    "series_folders",
     "load_torchscript",
     "source_filename",
     "spatial_dims_error",
@@ -56,6 +59,7 @@ MANIFEST = "manifest.json"
 """Name of an exported bundle's manifest, at its root: ``{"files": {relative path: sha256}}``."""
 
 _DICOM_MARKER_OFFSET = 128
+_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # MediaStorageSOPClassUID of a DICOMDIR index
 
 
 # -- image files ------------------------------------------------------------------------------------------------------
@@ -91,9 +95,9 @@ def dicom_files(folder: str | os.PathLike) -> list[Path]:
 def find_images(folder: str | os.PathLike, spatial_dims: int | None = None) -> list[str]:
     """The images of an inference folder, sorted, as strings.
 
-    3D (``spatial_dims`` 3 or ``None``): image files (NIfTI, NRRD, MHA, PNG, JPEG), folders holding one DICOM series
-    (files named ``*.dcm`` or without suffix, found by content), or ``folder`` itself when it is one image file or
-    holds one DICOM series.
+    3D (``spatial_dims`` 3 or ``None``): image files (NIfTI, NRRD, MHA, PNG, JPEG) and DICOM series (files named
+    ``*.dcm`` or without suffix, found by content) in ``folder`` or one folder down, or ``folder`` itself when it is
+    one image file; a folder holding several series gives one image per SeriesInstanceUID (:func:`series_folders`).
 
     2D (``spatial_dims=2``): every image file, and every DICOM file (in ``folder`` or one folder down) is one image,
     as radiographs arrive: one frame per file. A DICOM series of several slices (files of one SeriesInstanceUID at
@@ -115,17 +119,73 @@ def find_images(folder: str | os.PathLike, spatial_dims: int | None = None) -> l
     if spatial_dims == 2:
         found = _single_frames(root)
     elif dicom_files(root):
-        return [str(root)]
+        return series_folders(root)
     else:
-        found = [
-            str(p)
-            for p in sorted(root.iterdir())
-            if (p.is_file() and has_image_suffix(p)) or (p.is_dir() and dicom_files(p))
-        ]
+        found = []
+        for p in sorted(root.iterdir()):
+            if p.is_file() and has_image_suffix(p):
+                found.append(str(p))
+            elif p.is_dir() and dicom_files(p):
+                found += series_folders(p)
     if not found:
         content = sorted(p.name for p in root.iterdir())[:10]
         raise ValueError(f"no image found in {root} (looked for {formats}); it holds {content}.")
     return found
+
+
+def _series_of(files: Sequence[Path]) -> dict[str, list[Path]]:
+    """SeriesInstanceUID -> its files (in ``files``' order); a DICOMDIR index is left out, a file without the UID or
+    that pydicom cannot read goes under ``""`` (its reader reports what is wrong)."""
+    import pydicom
+
+    series: dict[str, list[Path]] = {}
+    for path in files:
+        try:
+            header = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        except Exception:
+            series.setdefault("", []).append(path)
+            continue
+        if str(getattr(getattr(header, "file_meta", None), "MediaStorageSOPClassUID", "")) == _DICOMDIR_CLASS:
+            continue
+        series.setdefault(str(header.get("SeriesInstanceUID", "")), []).append(path)
+    return series
+
+
+def series_folders(folder: str | os.PathLike) -> list[str]:
+    """The DICOM series of ``folder``, one image each: ``[folder]`` when it holds one series; when it holds several
+    (as a PACS export of a whole study does), one folder per SeriesInstanceUID holding links to that series' files,
+    named ``<folder>_<SeriesInstanceUID, dots as dashes>`` under ``<temp>/medkd_dicom_series/`` (built once, rebuilt
+    when the files change), since MONAI's readers take a folder as one series (ITK the first it finds, with a
+    warning)."""
+    folder = Path(folder)
+    series = _series_of(dicom_files(folder))
+    if len(series) <= 1:
+        return [str(folder)]
+    key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    views = Path(tempfile.gettempdir()) / "medkd_dicom_series" / key
+    # no dots in the name: writers take what follows the last dot for an extension
+    names = {uid: f"{folder.name}_{uid.replace('.', '-') or 'unknown'}" for uid in series}
+    return [str(_series_view(views / names[uid], files)) for uid, files in sorted(series.items())]
+
+
+def _series_view(view: Path, files: Sequence[Path]) -> Path:
+    """``view``, a folder holding a link to (or, without symbolic links, a copy of) each of ``files``."""
+    wanted = {f.name: f.resolve() for f in files}
+    if view.is_dir() and {p.name: p.resolve() for p in view.iterdir()} == wanted:
+        return view
+    view.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=".building-", dir=view.parent))
+    for name, target in wanted.items():
+        try:
+            (building / name).symlink_to(target)
+        except OSError:
+            shutil.copy2(target, building / name)
+    shutil.rmtree(view, ignore_errors=True)
+    try:
+        building.rename(view)
+    except OSError:  # built meanwhile by another process
+        shutil.rmtree(building, ignore_errors=True)
+    return view
 
 
 def _single_frames(root: Path) -> list[str]:

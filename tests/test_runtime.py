@@ -49,6 +49,33 @@ def test_2d_refuses_a_multi_slice_series_naming_its_folder(tmp_path):
     assert runtime.find_images(tmp_path, spatial_dims=3) == [str(tmp_path / "ct")]
 
 
+def test_3d_a_folder_of_several_series_is_one_image_per_series(tmp_path, monkeypatch):
+    """A PACS export of a study: two series in one folder, files without extension, interleaved names; each series
+    is one image (its own files only), in the folder itself and one folder down; a DICOMDIR is no series."""
+    from monai.transforms import LoadImage
+
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    study = tmp_path / "study"
+    ct = write_dicom_series(study, suffix="", slices=6, series="1.2.3.4.100", prefix="IM")
+    mr = write_dicom_series(study, suffix="", slices=4, series="1.2.3.4.200", prefix="IN")
+    found = runtime.find_images(study, spatial_dims=3)
+    assert [Path(f).name for f in found] == ["study_1-2-3-4-100", "study_1-2-3-4-200"]
+    assert all(Path(f).is_relative_to(tmp_path / "tmp") for f in found)
+    for folder, files in zip(found, (ct, mr)):
+        assert sorted(p.name for p in Path(folder).iterdir()) == [f.name for f in files]
+        assert LoadImage(image_only=True)(folder).shape[-1] == len(files)
+    assert runtime.find_images(tmp_path, spatial_dims=3) == found  # one folder down; the views are reused
+    # a series whose files change gets a new view
+    ct[-1].unlink()
+    again = runtime.find_images(study, spatial_dims=3)
+    assert len(list(Path(again[0]).iterdir())) == 5
+    # one series stays the folder itself
+    write_dicom_series(tmp_path / "study2", slices=3)
+    assert runtime.find_images(tmp_path / "study2", spatial_dims=3) == [str(tmp_path / "study2")]
+
+
 def test_find_images_errors_name_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
         runtime.find_images(tmp_path / "missing")

@@ -19,13 +19,13 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from medkd_ext.runtime import IMAGE_SUFFIXES, dicom_files, has_image_suffix, is_dicom_file
+from medkd_ext.runtime import _DICOMDIR_CLASS, IMAGE_SUFFIXES, dicom_files, has_image_suffix, is_dicom_file
 
 __all__ = ["IMAGE_SUFFIXES", "check_image_file", "dicom_files", "is_dicom_file", "is_image_file"]
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _JPEG_END = b"\xff\xd9"
-_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+
 _PIXEL_DATA = 0x7FE00010
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _GAP_TOLERANCE = 1.5  # a slice distance this many times the usual one means missing slices

@@ -199,20 +199,23 @@ def folder_content(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def write_dicom_series(folder: Path, suffix: str = ".dcm", slices: int = 10) -> list[Path]:
+def write_dicom_series(
+    folder: Path, suffix: str = ".dcm", slices: int = 10, series: str = "1.2.826.0.1.3680043.2.1125.1.99999",
+    prefix: str = "IM",
+) -> list[Path]:
     """A CT-like DICOM series of ``slices`` axial slices of 18 x 22 pixels (spacing 0.8 x 0.9 x 2.5 mm, one file
-    per slice, ``IM0000<suffix>`` ...; ``suffix=""`` as scanners often name them) in a new ``folder``; returns the
-    files in slice order."""
+    per slice, ``<prefix>0000<suffix>`` ...; ``suffix=""`` as scanners often name them) in ``folder`` (made if
+    needed; another series, with another ``series`` UID and ``prefix``, can share it); returns the files in slice
+    order."""
     import numpy as np
     import SimpleITK as sitk
 
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     volume = sitk.GetImageFromArray(np.random.default_rng(1).integers(0, 400, size=(slices, 18, 22)).astype(np.int16))
     volume.SetSpacing((0.8, 0.9, 2.5))
     volume.SetOrigin((-10.0, 5.0, 30.0))
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    series = "1.2.826.0.1.3680043.2.1125.1.99999"
     files = []
     for i in range(volume.GetDepth()):
         image = volume[:, :, i]
@@ -226,7 +229,7 @@ def write_dicom_series(folder: Path, suffix: str = ".dcm", slices: int = 10) -> 
             "0020|0013": str(i + 1),
         }.items():
             image.SetMetaData(tag, value)
-        files.append(folder / f"IM{i:04d}{suffix}")
+        files.append(folder / f"{prefix}{i:04d}{suffix}")
         writer.SetFileName(str(files[-1]))
         writer.SetImageIO("GDCMImageIO")  # the file name alone does not say DICOM when it has no suffix
         writer.Execute(image)

@@ -232,6 +232,37 @@ def test_inference_writes_a_dicom_seg_for_a_series_without_file_suffixes(trained
     assert not (tmp_path / "out2").exists()
 
 
+def test_inference_on_a_folder_of_two_series_segments_each_series(trained, tmp_path, monkeypatch):
+    """A PACS export of a study (two series in one folder, files without extension): one mask and one DICOM-SEG per
+    series, each in its series' geometry and referencing its own instances."""
+    import pydicom
+    from monai.transforms import LoadImage
+
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    tmp, _ = trained
+    study = tmp_path / "study"
+    series = {"1.2.3.4.100": write_dicom_series(study, suffix="", slices=12, series="1.2.3.4.100", prefix="A"),
+              "1.2.3.4.200": write_dicom_series(study, suffix="", slices=8, series="1.2.3.4.200", prefix="B")}
+    out = tmp_path / "out"
+    run(config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE), ckpt_dir=str(tmp / "models"),
+        student_width=4, dataset_dir=str(study), output_dir=str(out), output_format=["nifti", "dicom_seg"])
+    for uid, files in series.items():
+        mask = nib.load(str(out / f"study_{uid.replace('.', '-')}_seg.nii.gz"))
+        only_this = tmp_path / uid
+        only_this.mkdir()
+        for f in files:
+            (only_this / f.name).write_bytes(f.read_bytes())
+        image = LoadImage(image_only=True)(str(only_this))
+        assert mask.shape == tuple(image.shape) and mask.shape[-1] == len(files)
+        np.testing.assert_allclose(mask.affine, np.asarray(image.affine), atol=1e-3)
+        seg = pydicom.dcmread(out / f"study_{uid.replace('.', '-')}_seg.dcm")
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
+        referenced = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+        assert referenced == {pydicom.dcmread(f).SOPInstanceUID for f in files}
+
+
 def test_missing_stage_inputs_name_the_stage(tmp_path):
     make_segmentation_demo(tmp_path / "data", seed=0, size=(24, 24, 24), n_target_train=2, n_target_test=1, n_source=1)
     overrides = _tiny(tmp_path)
