@@ -260,3 +260,16 @@ def test_a_checkpoint_that_does_not_fit_its_network_stops_the_start_naming_the_f
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", timeout=300,
     )
     assert started.returncode != 0 and checkpoint in last_line(started), started.stdout[-2000:]
+
+
+def test_check_prepares_the_app_and_stops(server, tmp_path):
+    """``serve --check``: the bundles loaded here and by the app in MONAI Label's environment, nothing served."""
+    ran = subprocess.run(
+        [sys.executable, "-m", "medkd_ext.label", "serve", "--check", "--workspace", str(tmp_path / "w"),
+         "--bundle", str(server["bundles"]["joint_teacher_seg"])],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", timeout=300,
+    )
+    assert ran.returncode == 0 and last_line(ran) == "app ready", ran.stdout[-2000:]
+    assert "joint_teacher_seg: segmentation, 3D, labels ['lesion']" in ran.stdout
+    settings = json.loads((tmp_path / "w" / "app" / "medkd_label.json").read_text())
+    assert settings["bundles"] == [str(server["bundles"]["joint_teacher_seg"])]
