@@ -192,6 +192,25 @@ def test_at_loss_reaches_student_not_teacher(demo, tmp_path):
     assert student.class_layers.out.weight.grad.abs().sum() == 0
 
 
+def test_the_head_tap_class_layers_conv1_trains_from_the_command_line_ids(trained, tmp_path):
+    """``--student_layer class_layers.conv1`` (DenseNet-40's 32-plane head convolution, the paper's Table VI head):
+    the student stage runs end to end with it, and attention transfer alone reaches that convolution and what lies
+    before it, not the classifier after it."""
+    values = overrides(trained, student_layer="class_layers.conv1", ckpt_file=str(tmp_path / "model.pt"),
+                       output_dir=str(tmp_path / "eval"))
+    run_stage(CONFIGS / "train.json", values)
+    assert (tmp_path / "model.pt").is_file() and (tmp_path / "eval" / "metrics.json").is_file()
+    parser = parser_for(["train.json"], values)
+    parser.update({"ce_term#weight": 0.0, "train#handlers": [], "train#data": "$@validate#data[:8]"})
+    trainer = parser.get_parsed_content("train#trainer")
+    trainer.run()
+    student = trainer.network
+    assert loss_terms_output(trainer.state.output)["at"] > 0
+    assert student.class_layers.conv1.weight.grad.abs().sum() > 0
+    assert student.features.conv0.weight.grad.abs().sum() > 0
+    assert student.class_layers.out.weight.grad.abs().sum() == 0
+
+
 def test_baseline_is_cross_entropy_alone_without_teacher(demo):
     parser = parser_for(
         ["train.json"], overrides(demo, baseline=True, trainable_layers=1, teacher_ckpt="/nonexistent/teacher.pt")
