@@ -311,12 +311,14 @@ def _clinician_readme(
         )
     else:
         inputs = (
-            "3D volumes: NIfTI files (`.nii`, `.nii.gz`), or DICOM series, one sub-folder per series (the files "
-            "may have no extension, as PACS exports write them)."
+            "3D volumes: NIfTI files (`.nii`, `.nii.gz`), or DICOM series in sub-folders (the files may have no "
+            "extension, as PACS exports write them; a folder holding several series, such as a whole study, gives "
+            "one result per series)."
         )
     if not classification:
         output = (
-            "one mask per image, named after the image with `_seg` (for a DICOM series, after its folder), as a "
+            "one mask per image, named after the image with `_seg` (for a DICOM series, after its folder, and "
+            "for a folder of several series, after the folder and the series' SeriesInstanceUID), as a "
             "NIfTI file in the image's own geometry (size, spacing, orientation and position), so that it overlays "
             "the image in a viewer such as 3D Slicer"
         )
