@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 DEMO_MANIFEST_NAME = "medkd_demo_manifest.json"
-_GENERATOR_VERSION = 1  # bump when the generated content changes, so existing demo folders are regenerated
+_GENERATOR_VERSION = 2  # bump when the generated content changes, so existing demo folders are regenerated
 
 
 def default_demo_root() -> Path:

@@ -1,13 +1,22 @@
 """Multi-domain 3D lesion-segmentation demo (:func:`make_segmentation_demo`, for ``bundles/joint_teacher_seg``).
 
-3D NIfTI volumes of several imaging *domains* with the same anatomy (an elliptic-cylinder body, a smooth ellipsoidal
-organ holding 1-4 deformed ellipsoidal lesions) but a different appearance, as different scanners and modalities
-give: intensity levels and lesion contrast (``target``: CT-like, lesion darker than the organ; ``source_1``:
-T2-like, lesion brighter; ``source_2``: T1-like, lesion darker, other gamma), noise (Gaussian or Rician), bias
-field, blur and voxel spacing. Anatomy is generated in millimetres, so structures keep their physical size across
-spacings (it is scaled by ``min(size) / 48`` so that small test volumes still hold the whole anatomy). The first
-domain is the *target*: few labelled training cases plus labelled test cases; the others are *sources* with more
-training cases and no test cases. Layout, per domain (MSD style, paths in ``dataset.json`` relative to it)::
+3D NIfTI volumes of several *datasets* of one modality family (MR-like: an elliptic-cylinder body, a smooth
+ellipsoidal organ) that differ, as the joint-teacher paper's brain-MRI datasets do (metastases, ischaemic stroke,
+glioma), in the **type of lesion** they annotate and in their **appearance**:
+
+- ``target``: metastasis-like, 2-5 small round lesions (radii 1.8-3.5 mm) anywhere in the organ, bright (FLAIR-like);
+- ``source_1``: glioma-like, one large irregular lesion (radii 5.5-9 mm) with a darker necrotic core, bright
+  (T2-like);
+- ``source_2``: stroke-like, 1-2 elongated lesions (radii 3.5-6.5 mm, one axis 1.8x longer) on the organ's rim,
+  dark (T1-like);
+- other names: one of these three lesion types and an appearance drawn from ``seed`` and the name.
+
+Appearance: intensity levels and lesion contrast, gamma, noise (Rician), bias field, blur and voxel spacing. Anatomy
+is generated in millimetres, so structures keep their physical size across spacings (it is scaled by
+``min(size) / 48`` so that small test volumes still hold the whole anatomy). The first domain is the *target*: few
+labelled training cases plus labelled test cases; the others are *sources* with more training cases and no test
+cases (``scripts/joint_teacher_table.py`` rotates the target role by generating the demo with the domains in another
+order). Layout, per domain (MSD style, paths in ``dataset.json`` relative to it)::
 
     <out_dir>/<domain>/dataset.json
     <out_dir>/<domain>/imagesTr/<domain>_000.nii.gz   labelsTr/<domain>_000.nii.gz
@@ -60,10 +69,36 @@ class _DomainStyle:
 
 
 _PRESET_STYLES = {
-    "target": _DomainStyle("CT", (1.0, 1.0, 1.5), -1000.0, 40.0, 110.0, 45.0, 1.0, 12.0, False, 0.0, 0.6, -1024, 3071),
+    "target": _DomainStyle("MR-FLAIR", (1.0, 1.0, 1.5), 5.0, 300.0, 380.0, 700.0, 1.0, 20.0, True, 0.3, 0.7, 0, 4095),
     "source_1": _DomainStyle("MR-T2", (0.8, 0.8, 1.2), 0.0, 250.0, 420.0, 820.0, 0.8, 25.0, True, 0.35, 0.8, 0, 4095),
     "source_2": _DomainStyle("MR-T1", (1.3, 1.3, 2.0), 10.0, 500.0, 650.0, 300.0, 1.4, 30.0, True, 0.25, 1.0, 0, 4095),
 }
+
+
+@dataclass(frozen=True)
+class _LesionType:
+    name: str
+    count: tuple[int, int]  # inclusive range of lesions per case
+    radius: tuple[float, float]  # range of each semi-axis, mm (before the anatomy's scale)
+    elongation: float  # one semi-axis this many times longer
+    roughness: float  # amplitude of the smooth noise deforming the boundary
+    rim: bool  # centred on the organ's boundary (clipped to the organ) instead of anywhere inside it
+    core: float  # a central core (half the radii) whose contrast is this fraction closer to the organ's (necrosis)
+
+
+_LESION_TYPES = {
+    "metastases": _LesionType("metastases", (2, 5), (1.8, 3.5), 1.0, 0.1, False, 0.0),
+    "glioma": _LesionType("glioma", (1, 1), (5.5, 9.0), 1.0, 0.45, False, 0.6),
+    "stroke": _LesionType("stroke", (1, 2), (3.5, 6.5), 1.8, 0.3, True, 0.0),
+}
+_PRESET_LESIONS = {"target": "metastases", "source_1": "glioma", "source_2": "stroke"}
+
+
+def _lesion_type(name: str, seed: int) -> _LesionType:
+    if name in _PRESET_LESIONS:
+        return _LESION_TYPES[_PRESET_LESIONS[name]]
+    rng = np.random.default_rng([seed, _domain_seed(name), 11])
+    return list(_LESION_TYPES.values())[int(rng.integers(len(_LESION_TYPES)))]
 
 
 def _domain_seed(name: str) -> int:
@@ -96,9 +131,10 @@ def _domain_style(name: str, seed: int) -> _DomainStyle:
 
 
 def _segmentation_anatomy(
-    rng: np.random.Generator, shape: tuple[int, int, int], spacing: Sequence[float], scale: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Body, organ and lesion masks of one case, drawn in millimetres. Lesions lie inside the organ."""
+    rng: np.random.Generator, shape: tuple[int, int, int], spacing: Sequence[float], scale: float,
+    lesion_type: _LesionType,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Body, organ, lesion and lesion-core masks of one case, drawn in millimetres. Lesions lie inside the organ."""
     axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)]
     x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
     sigma_vox = [4.0 * scale / s for s in spacing]  # deformations on a ~4 mm scale
@@ -117,26 +153,35 @@ def _segmentation_anatomy(
 
     lesion_noise = smooth_noise(rng, shape, [0.5 * s for s in sigma_vox])
     lesion = np.zeros(shape, dtype=bool)
+    core = np.zeros(shape, dtype=bool)
     centres = []
-    for _ in range(int(rng.integers(1, 5))):
+    low, high = lesion_type.count
+    for _ in range(int(rng.integers(low, high + 1))):
         direction = rng.standard_normal(3)
-        local = direction / np.linalg.norm(direction) * 0.6 * rng.random() ** (1 / 3) * radii
+        direction /= np.linalg.norm(direction)
+        depth = 0.9 if lesion_type.rim else 0.6 * rng.random() ** (1 / 3)
+        local = direction * depth * radii
         lc = centre + np.array([cos * local[0] - sin * local[1], sin * local[0] + cos * local[1], local[2]])
-        lr = rng.uniform(2.5, 6.0, size=3) * scale
+        lr = rng.uniform(*lesion_type.radius, size=3) * scale
+        lr[int(rng.integers(3))] *= lesion_type.elongation
         d = np.sqrt(((x - lc[0]) / lr[0]) ** 2 + ((y - lc[1]) / lr[1]) ** 2 + ((z - lc[2]) / lr[2]) ** 2)
-        lesion |= d + 0.25 * lesion_noise < 1.0
+        lesion |= d + lesion_type.roughness * lesion_noise < 1.0
+        if lesion_type.core > 0:
+            core |= d + 0.5 * lesion_type.roughness * lesion_noise < 0.5
         centres.append(lc)
     lesion &= organ
+    core &= lesion
     if not lesion.any():  # a lesion smaller than a voxel (tiny test volumes): keep its centre voxel
         index = tuple(int(np.clip(round(c / s + (n - 1) / 2), 0, n - 1)) for c, s, n in zip(centres[0], spacing, shape))
         lesion[index] = organ[index] = body[index] = True
-    return body, organ, lesion
+    return body, organ, lesion, core
 
 
 def _segmentation_render(
-    rng: np.random.Generator, masks: tuple[np.ndarray, np.ndarray, np.ndarray], style: _DomainStyle
+    rng: np.random.Generator, masks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], style: _DomainStyle,
+    core_contrast: float = 0.0,
 ) -> np.ndarray:
-    body, organ, lesion = masks
+    body, organ, lesion, core = masks
     shape = body.shape
     spacing = style.spacing
 
@@ -148,6 +193,7 @@ def _segmentation_render(
         + (style.body - style.background) * partial_volume(body)
         + (style.organ - style.body) * partial_volume(organ)
         + (style.lesion - style.organ) * partial_volume(lesion)
+        + core_contrast * (style.organ - style.lesion) * partial_volume(core)
     )
     texture = smooth_noise(rng, shape, [2.0 / s for s in spacing])
     image += 0.06 * abs(style.organ - style.body) * texture * body
@@ -224,6 +270,7 @@ def make_segmentation_demo(
     def build() -> Iterator[tuple[str, bytes]]:
         for d_index, domain in enumerate(domains):
             style = _domain_style(domain, seed)
+            lesion_type = _lesion_type(domain, seed)
             is_target = d_index == 0
             n_train = n_target_train if is_target else n_source
             n_test = n_target_test if is_target else 0
@@ -231,8 +278,8 @@ def make_segmentation_demo(
             for case in range(n_train + n_test):
                 split = "training" if case < n_train else "test"
                 rng = np.random.default_rng([seed, _domain_seed(domain), case])
-                masks = _segmentation_anatomy(rng, shape, style.spacing, scale)
-                image = _segmentation_render(rng, masks, style)
+                masks = _segmentation_anatomy(rng, shape, style.spacing, scale, lesion_type)
+                image = _segmentation_render(rng, masks, style, lesion_type.core)
                 if multiclass:
                     label = np.where(masks[2], 2, np.where(masks[1], 1, 0)).astype(np.uint8)
                 else:
@@ -247,8 +294,9 @@ def make_segmentation_demo(
             datalist = {
                 "name": f"medkd demo segmentation: {domain}",
                 "description": (
-                    f"Synthetic 3D lesion segmentation, {role} domain '{domain}' ({style.modality}-like), generated "
-                    f"by medkd_ext.data.demo with seed {seed}. 'test' cases carry labels for evaluation."
+                    f"Synthetic 3D lesion segmentation, {role} domain '{domain}' ({style.modality}-like, "
+                    f"{lesion_type.name}-like lesions), generated by medkd_ext.data.demo with seed {seed}. 'test' "
+                    "cases carry labels for evaluation."
                 ),
                 "reference": "synthetic, medkd_ext.data.demo",
                 "licence": "CC0-1.0",
@@ -257,6 +305,7 @@ def make_segmentation_demo(
                 "modality": {"0": style.modality},
                 "labels": label_names,
                 "domain": domain,
+                "lesion_type": lesion_type.name,
                 "role": role,
                 "spacing": list(style.spacing),
                 "numTraining": len(lists["training"]),

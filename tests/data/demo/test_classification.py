@@ -93,9 +93,9 @@ def test_content_pinned_to_generator_version(tmp_path):
     make_classification_demo(tmp_path / "a", seed=0, size=16, n_cases=8, n_test=4)
     make_classification_demo(tmp_path / "b", seed=1, size=16, n_cases=8, n_test=4, multi_label=True, num_classes=6)
     make_classification_demo(tmp_path / "c", seed=0, spatial_dims=3, size=16, n_cases=3, n_test=1, num_classes=6)
-    assert content_digest(tmp_path / "a") == "7fb4627cbf2518012237a08ea2483f2fc585bbdc61c5d39e51edd31695bb3661"
-    assert content_digest(tmp_path / "b") == "644a2bc7e4ab57da87a8f451735ba18bd61c52d51c2499d249506efdfbc7fb98"
-    assert content_digest(tmp_path / "c") == "95f2a2f232512b6bce17d6ca4ea457699e72faecd04bd1985f9313faf3f38bfd"
+    assert content_digest(tmp_path / "a") == "dc47690e6a3f9804d99e67f923206a04dbde9ec32f8b8109b573f363b24da300"
+    assert content_digest(tmp_path / "b") == "3760a336d98eda0a2e82436b49a483f2cb14d24c3a970af34ae15f86471b2de2"
+    assert content_digest(tmp_path / "c") == "590b97c675a33d2a2d8ab0574f5921e52e55060833adec718ac98456a03758d6"
 
 
 def test_ensure_folder_per_variant(tmp_path, monkeypatch):

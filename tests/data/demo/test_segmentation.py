@@ -71,8 +71,35 @@ def test_segmentation_domains_differ_in_lesion_contrast(tmp_path):
             assert set(np.unique(label).tolist()) == {0, 1, 2}
             differences.append(image[label == 2].mean() - image[label == 1].mean())
         contrast[domain] = np.mean(differences)
-    assert contrast["target"] < 0 < contrast["source_1"]  # hypo-dense on CT, bright on T2
-    assert contrast["source_2"] < 0
+    assert contrast["target"] > 0 and contrast["source_1"] > 0  # bright on FLAIR and T2
+    assert contrast["source_2"] < 0  # dark on T1
+
+
+def test_segmentation_domains_differ_in_lesion_type(tmp_path):
+    """As the paper's datasets (metastases, glioma, stroke): the target's lesions are several and small, source_1's
+    one large lesion, source_2's on the organ's rim."""
+    from scipy import ndimage
+
+    paths = make_segmentation_demo(tmp_path, seed=0, size=48, n_target_train=6, n_target_test=0, n_source=6,
+                                   multiclass=True)
+    volume, count, rim = {}, {}, {}
+    for domain, path in paths.items():
+        content = json.loads(path.read_text())
+        assert content["lesion_type"] == {"target": "metastases", "source_1": "glioma", "source_2": "stroke"}[domain]
+        voxel_mm3 = float(np.prod(content["spacing"]))
+        sizes, counts, rims = [], [], []
+        for item in load_datalist(path):
+            label = np.asarray(nib.load(item["label"]).dataobj)
+            lesion, inside = label == 2, label >= 1
+            sizes.append(lesion.sum() * voxel_mm3)
+            counts.append(ndimage.label(lesion)[1])
+            # the share of lesion voxels on the organ's boundary (a background voxel within 2 voxels)
+            boundary = lesion & ~ndimage.binary_erosion(inside, iterations=2)
+            rims.append(boundary.sum() / lesion.sum())
+        volume[domain], count[domain], rim[domain] = np.mean(sizes), np.mean(counts), np.mean(rims)
+    assert volume["source_1"] > 3 * volume["target"] and volume["source_1"] > 2 * volume["source_2"]
+    assert count["target"] > count["source_2"]
+    assert rim["source_2"] > 5 * rim["target"] and rim["source_2"] > 1.5 * rim["source_1"]
 
 
 def test_segmentation_same_seed_same_bytes_other_seed_differs(seg_demo, tmp_path):
@@ -141,8 +168,8 @@ def test_content_pinned_to_generator_version(tmp_path):
     make_segmentation_demo(
         tmp_path / "b", seed=1, size=12, n_target_train=1, n_target_test=0, n_source=1, multiclass=True
     )
-    assert content_digest(tmp_path / "a") == "86465832669555c0795d5ce360c29620587961e8e54e13e0d17af77813e770b4"
-    assert content_digest(tmp_path / "b") == "0708bbf733b26ed7ef2d60fb6ae9fcbbe01c7acbb25189c5115ee4660f7b3623"
+    assert content_digest(tmp_path / "a") == "566fdd15a26bc7e4a69f83dcce9f4cfe12f1d23d28fd1f5e1945866ca1a60670"
+    assert content_digest(tmp_path / "b") == "a14d06f655ec76b6ad678ae5537d9cee80cb9ae9b40ae84bc2f932c6df127e88"
 
 
 def test_ensure_under_root(tmp_path, monkeypatch):
