@@ -10,11 +10,18 @@ For every seed, trains the bundle's stages (``train.json``) and the two baseline
 then evaluates the four models on the target's held-out test cases with ``evaluate.json`` (each model's stage
 overlays plus ``evaluate.json``, ``ckpt_file`` its checkpoint) and prints IoU, DSC, Recall, Precision and HD95 as
 mean +/- std over the seeds (Markdown), with the number of test cases evaluated over all seeds and how many of
-them had an empty prediction, an empty reference or both. Every case counts in the means (see
-``medkd_ext.metrics.segmentation``): an empty prediction or reference scores 0 and HD95 the image diagonal in mm,
-both empty score 1 and HD95 0, Recall leaves out cases with an empty reference. Example:
+them had an empty prediction, an empty reference or both.
+
+As in the paper, each dataset is the target once, the others its sources: on the demo (no ``dataset_dir`` or
+datalist override) the script generates it once per target with that domain first (``--targets``, default every
+domain: metastasis-, glioma- and stroke-like lesions) and prints one block per target.
+
+Every case counts in the means (see ``medkd_ext.metrics.segmentation``): an empty prediction or reference scores 0
+and HD95 the image diagonal in mm, both empty score 1 and HD95 0, Recall leaves out cases with an empty reference.
+Example:
 
     python scripts/joint_teacher_table.py --seeds 3 --out /tmp/jt_table
+    python scripts/joint_teacher_table.py --seeds 1 --targets source_1 --override max_epochs=20
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from medkd_ext.data import SEGMENTATION_DOMAINS, make_segmentation_demo
 from medkd_ext.engines import parse_overrides, run_stage
 from medkd_ext.metrics.segmentation import SEGMENTATION_COUNTS
 
@@ -36,6 +44,21 @@ METRICS = ("IoU", "DSC", "Recall", "Precision", "HD95")
 ROWS = ("multi-head", "dataset-specific", "joint teacher", "student")
 COUNT_HEADERS = ("cases", "empty pred.", "empty ref.", "both empty")  # SEGMENTATION_COUNTS, summed over seeds
 TARGET_TEACHER = ["train.json", "train_target_teacher.json"]
+DATA_IDS = ("dataset_dir", "target_datalist", "source_datalists")
+
+
+def demo_with_target(
+    target: str, root: Path, size: int = 48, cases: tuple[int, int, int] = (6, 6, 16)
+) -> dict[str, Any]:
+    """The demo generated with ``target`` as its target domain (few training cases and the test cases) and the
+    other domains as sources, under ``root/<target>``; returns the bundle's data overrides for it.
+
+    ``size`` and ``cases`` (target training, target test, per source) default to the bundle's own demo."""
+    domains = (target, *(d for d in SEGMENTATION_DOMAINS if d != target))
+    paths = make_segmentation_demo(root / target, seed=0, size=size, n_target_train=cases[0], n_target_test=cases[1],
+                                   n_source=cases[2], domains=domains)
+    return {"dataset_dir": str(root / target), "target_datalist": str(paths[target]),
+            "source_datalists": [str(paths[d]) for d in domains[1:]]}
 
 
 def _run(files: list[str], overrides: dict[str, Any]) -> float:
@@ -59,6 +82,8 @@ def run_seed(seed: int, out: Path, extra: dict[str, Any]) -> tuple[dict[str, dic
     # the student's architecture, epochs and supervised loss (Dice + CE), without teachers
     specific = {**base, "teacher_arch": "@student_arch", "teacher_width": "@student_width",
                 "target_teacher_max_epochs": "@max_epochs", "train#trainer#loss_function": "@loss",
+                # recorded as a student's are, so that evaluate.json reads the architecture and patch size back
+                "stage_settings": "$dict(@teacher_settings, **@model_settings)",
                 "stage_ckpt": str(models / "baseline_specific.pt"), "output_dir": str(out / "eval_specific")}
     times["dataset-specific"] = _run(TARGET_TEACHER, specific)
     multihead = {**base, "output_dir": str(out / "eval_multihead")}
@@ -93,31 +118,50 @@ def format_table(per_seed: list[dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0 .. N-1)")
     parser.add_argument("--out", type=Path, default=Path("joint_teacher_table"), help="working folder")
+    parser.add_argument("--targets", nargs="+", default=None, choices=SEGMENTATION_DOMAINS,
+                        help="demo domains to take as the target in turn (default: every one; not with own data)")
+    parser.add_argument("--demo_size", type=int, default=48, help="demo volume size in voxels (default 48)")
+    parser.add_argument("--demo_cases", type=int, nargs=3, default=[6, 6, 16], metavar=("TRAIN", "TEST", "SOURCE"),
+                        help="demo cases: target training, target test, per source (default 6 6 16)")
     parser.add_argument("--override", action="append", default=[], metavar="ID=JSON",
                         help="bundle override for every run, e.g. --override max_epochs=20 (value parsed as JSON)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         extra = parse_overrides(args.override)
     except ValueError as error:
         parser.error(str(error))
-    per_seed, all_times = [], []
-    for seed in range(args.seeds):
-        results, times = run_seed(seed, args.out / f"seed_{seed}", extra)
-        per_seed.append(results)
-        all_times.append(times)
-        print(f"seed {seed}: " + json.dumps(results), flush=True)
-        print(f"seed {seed} wall times (s): " + json.dumps({k: round(v, 1) for k, v in times.items()}), flush=True)
-    table = format_table(per_seed)
-    print(
-        f"\nTarget test set, mean ± std over {args.seeds} seed(s) (HD95 in mm; cases: evaluated over all seeds, of "
-        "which with an empty prediction / an empty reference / both empty):\n"
-    )
-    print(table)
-    (args.out / "table.md").write_text(table + "\n")
+    own_data = [k for k in DATA_IDS if k in extra]
+    if own_data and args.targets:
+        parser.error(f"--targets rotates the demo's domains; with your own data ({', '.join(own_data)}) give each "
+                     "target's datalists in a run of its own.")
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    targets: list[str | None] = [None] if own_data else list(args.targets or SEGMENTATION_DOMAINS)
+    blocks = []
+    for target in targets:
+        data = {} if target is None else demo_with_target(target, args.out / "data", args.demo_size,
+                                                          tuple(args.demo_cases))
+        folder = args.out if target is None else args.out / f"target_{target}"
+        per_seed = []
+        for seed in range(args.seeds):
+            results, times = run_seed(seed, folder / f"seed_{seed}", {**extra, **data})
+            per_seed.append(results)
+            label = "" if target is None else f"target {target}, "
+            print(f"{label}seed {seed}: " + json.dumps(results), flush=True)
+            print(f"{label}seed {seed} wall times (s): " + json.dumps({k: round(v, 1) for k, v in times.items()}),
+                  flush=True)
+        title = "Target test set" if target is None else f"Target {target} (sources: the other domains), test set"
+        blocks.append(
+            f"{title}, mean ± std over {args.seeds} seed(s) (HD95 in mm; cases: evaluated over all seeds, of which "
+            f"with an empty prediction / an empty reference / both empty):\n\n{format_table(per_seed)}"
+        )
+        print("\n" + blocks[-1] + "\n", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.md").write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
