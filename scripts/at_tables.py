@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"scores": results, "seconds": times, "overrides": common}, indent=2))
-    (out / "table_iv.md").write_text("\n".join(lines) + "\n")
+    (out / "table_iv.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return 0
 
 

@@ -479,7 +479,7 @@ class Study:
     def write(self) -> str:
         text = self.markdown()
         self.work.mkdir(parents=True, exist_ok=True)
-        (self.work / "kd_study.md").write_text(text)
+        (self.work / "kd_study.md").write_text(text, encoding="utf-8")
         by_name = {s["name"]: s for s in self.settings}
         with open(self.work / "kd_study.csv", "w", newline="") as f:
             writer = csv.writer(f)
