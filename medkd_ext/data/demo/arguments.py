@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_seed", "check_count", "check_size"]
+__all__ = ["check_seed", "check_count", "check_size", "check_spatial_dims"]
 
 
 def check_seed(seed: Any) -> int:
@@ -15,6 +15,13 @@ def check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
     return int(seed)
+
+
+def check_spatial_dims(spatial_dims: Any) -> int:
+    """``spatial_dims`` as an ``int``; ValueError unless it is 2 or 3."""
+    if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
+    return int(spatial_dims)
 
 
 def check_count(name: str, value: Any, minimum: int) -> int:

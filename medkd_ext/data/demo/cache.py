@@ -84,11 +84,12 @@ def nifti_bytes(array: np.ndarray, spacing: Sequence[float]) -> bytes:
 
 
 def png_bytes(array: np.ndarray) -> bytes:
-    """An 8-bit grayscale PNG file of a 2D array (values cast to ``uint8``)."""
+    """An 8-bit PNG file of a 2D array (grayscale) or an ``(H, W, 3)`` array (RGB); values cast to ``uint8``."""
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), mode="L").save(buffer, format="PNG")
+    pixels = np.ascontiguousarray(array, dtype=np.uint8)
+    Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB").save(buffer, format="PNG")
     return buffer.getvalue()
 
 

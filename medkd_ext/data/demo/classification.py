@@ -4,11 +4,13 @@ Chest-radiograph-like images (body, two darker lungs, mediastinum, texture and n
 "findings" whose shape is the class (2D: disc, square, ring, cross, diamond, triangle; 3D: the solid analogues), at
 random position, scale, small rotation and intensity. Multi-class: one finding per image, classes balanced.
 Multi-label: each finding present independently (an image may have none). Several images per patient (shared
-anatomy), and the ``"test"`` patients are disjoint from the ``"training"`` ones. 2D images are 8-bit grayscale PNG
-(one channel; bundles needing 3-channel input repeat the channel with a transform, e.g. ``RepeatChanneld``); 3D
-images are ``uint8`` NIfTI. Written: ``dataset.json`` (label an ``int`` or a multi-hot ``list[int]``, plus
-``"patient"``) and ``labels.csv`` (columns ``image, patient, split`` and ``label`` or one 0/1 column per class name;
-read it with ``load_datalist(csv, key="training" or "test", class_columns=...)``).
+anatomy), and the ``"test"`` patients are disjoint from the ``"training"`` ones. ``site="related"`` gives another
+dataset of the same modality and findings from another "hospital" (other patients, another exposure, contrast,
+sharpness and noise), as MIMIC-CXR is to CheXpert: the in-domain teacher's data in the attention-transfer bundle.
+2D images are 8-bit grayscale PNG (one channel; bundles needing 3-channel input repeat the channel with a transform,
+e.g. ``RepeatChanneld``); 3D images are ``uint8`` NIfTI. Written: ``dataset.json`` (label an ``int`` or a multi-hot
+``list[int]``, plus ``"patient"``) and ``labels.csv`` (columns ``image, patient, split`` and ``label`` or one 0/1
+column per class name; read it with ``load_datalist(csv, key="training" or "test", class_columns=...)``).
 """
 
 from __future__ import annotations
@@ -24,11 +26,18 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .arguments import check_count, check_seed, check_size
+from .arguments import check_count, check_seed, check_size, check_spatial_dims
 from .cache import _GENERATOR_VERSION, default_demo_root, generate_or_reuse, json_bytes, nifti_bytes, png_bytes
 from .random_fields import smooth_noise
 
-__all__ = ["CLASSIFICATION_CLASS_NAMES", "make_classification_demo", "ensure_classification_demo"]
+__all__ = [
+    "CLASSIFICATION_CLASS_NAMES",
+    "CLASSIFICATION_SITES",
+    "make_classification_demo",
+    "ensure_classification_demo",
+]
+
+CLASSIFICATION_SITES = ("target", "related")
 
 CLASSIFICATION_CLASS_NAMES = {
     2: ("disc", "square", "ring", "cross", "diamond", "triangle"),
@@ -69,6 +78,7 @@ def _classification_case(
     shape: tuple[int, ...],
     present: Sequence[int],
     num_classes: int,
+    site: str = "target",
 ) -> np.ndarray:
     ndim = len(shape)
     axes = [np.linspace(-1.0, 1.0, n) for n in shape]
@@ -117,7 +127,60 @@ def _classification_case(
         soft = ndimage.gaussian_filter(mask.astype(np.float64), 0.6)
         image = image * (1.0 - soft) + intensity * texture * soft
     image = image + rng.normal(0.0, 6.0, size=shape)
+    if site == "related":
+        image = _related_appearance(rng, image)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def _related_appearance(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Another hospital's radiographs of the same findings: higher exposure with a softer contrast curve (gamma
+    0.75), a gradient across the field (heel effect), a blurrier detector and more noise."""
+    scaled = 255.0 * (np.clip(image, 0.0, 255.0) / 255.0) ** 0.75
+    ramp = np.linspace(-1.0, 1.0, image.shape[0]).reshape((-1,) + (1,) * (image.ndim - 1))
+    scaled = 0.85 * scaled + 25.0 + 12.0 * rng.uniform(0.5, 1.0) * ramp
+    scaled = ndimage.gaussian_filter(scaled, 0.7)
+    return scaled + rng.normal(0.0, 9.0, size=image.shape)
+
+
+def classification_datalist_files(
+    head: dict[str, Any],
+    modality: str,
+    spatial_dims: int,
+    class_names: Sequence[str],
+    lists: dict[str, list[dict[str, Any]]],
+    multi_label: bool = False,
+) -> Iterator[tuple[str, bytes]]:
+    """``dataset.json`` and ``labels.csv`` of a generated classification dataset (``lists``: ``"training"`` and
+    ``"test"`` entries ``{"image", "label"[, "patient"]}``), as ``(relative path, bytes)`` pairs.
+
+    ``head`` (name, description, ...) starts the ``dataset.json``; the CSV has the columns ``image``, ``patient``
+    (when the entries have one), ``split`` and ``label`` or one 0/1 column per class (``multi_label``)."""
+    datalist = {
+        **head,
+        "reference": "synthetic, medkd_ext.data.demo",
+        "licence": "CC0-1.0",
+        "release": str(_GENERATOR_VERSION),
+        "tensorImageSize": f"{spatial_dims}D",
+        "modality": {"0": modality},
+        "labels": {str(i): name for i, name in enumerate(class_names)},
+        "task": "multi-label" if multi_label else "multi-class",
+        "num_classes": len(class_names),
+        "numTraining": len(lists["training"]),
+        "numTest": len(lists["test"]),
+        "training": lists["training"],
+        "test": lists["test"],
+    }
+    yield "dataset.json", json_bytes(datalist)
+    with_patient = any("patient" in entry for entries in lists.values() for entry in entries)
+    table = io.StringIO()
+    header = ["image", *(["patient"] if with_patient else []), "split", *(class_names if multi_label else ["label"])]
+    table.write(",".join(header) + "\n")
+    for split, entries in lists.items():
+        for entry in entries:
+            label = entry["label"] if multi_label else [entry["label"]]
+            patient = [entry["patient"]] if with_patient else []
+            table.write(",".join([entry["image"], *patient, split, *map(str, label)]) + "\n")
+    yield "labels.csv", table.getvalue().encode("utf-8")
 
 
 def make_classification_demo(
@@ -130,6 +193,7 @@ def make_classification_demo(
     size: int | Sequence[int] | None = None,
     num_classes: int = 4,
     finding_probability: float = 0.35,
+    site: str = "target",
 ) -> dict[str, Path]:
     """Generate (or reuse) the 2D/3D multi-class or multi-label classification demo (see the module docstring).
 
@@ -143,14 +207,15 @@ def make_classification_demo(
         size: image shape (an int for a square/cube), each >= 16; default 64 (2D) or 32 (3D).
         num_classes: 2 to 6 finding shapes, in the order of ``CLASSIFICATION_CLASS_NAMES[spatial_dims]``.
         finding_probability: multi-label only: probability that each finding is present.
+        site: ``"target"`` (the demo the bundles train on) or ``"related"`` (same findings, other patients and
+            another appearance: the larger in-domain dataset an attention-transfer teacher learns from).
 
     Returns:
         ``{"dataset_json": ..., "labels_csv": ...}``, both in ``out_dir``.
     """
     out = Path(out_dir).expanduser()
     seed = check_seed(seed)
-    if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
+    spatial_dims = check_spatial_dims(spatial_dims)
     names = CLASSIFICATION_CLASS_NAMES[spatial_dims]
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
         raise ValueError(f"num_classes must be an integer from 2 to {len(names)}, got {num_classes!r}.")
@@ -163,7 +228,11 @@ def make_classification_demo(
     shape = check_size(size if size is not None else (64 if spatial_dims == 2 else 32), spatial_dims, 16)
     if not 0.0 <= float(finding_probability) <= 1.0:
         raise ValueError(f"finding_probability must be in [0, 1], got {finding_probability!r}.")
+    if site not in CLASSIFICATION_SITES:
+        raise ValueError(f"site must be one of {CLASSIFICATION_SITES}, got {site!r}.")
     class_names = names[: int(num_classes)]
+    # the related site draws other patients: one more entry in every seed sequence (the target's stay as they were)
+    site_seed = [] if site == "target" else [CLASSIFICATION_SITES.index(site)]
     params = {
         "seed": seed,
         "spatial_dims": spatial_dims,
@@ -173,11 +242,12 @@ def make_classification_demo(
         "size": shape,
         "num_classes": int(num_classes),
         "finding_probability": float(finding_probability),
+        "site": site,
     }
     suffix = ".png" if spatial_dims == 2 else ".nii.gz"
 
     def build() -> Iterator[tuple[str, bytes]]:
-        rng = np.random.default_rng([seed, spatial_dims, int(multi_label)])
+        rng = np.random.default_rng([seed, spatial_dims, int(multi_label), *site_seed])
         lists: dict[str, list[dict[str, Any]]] = {"training": [], "test": []}
         patient = 0
         for split, count in (("training", n_cases), ("test", n_test)):
@@ -187,8 +257,8 @@ def make_classification_demo(
                 labels = rng.permutation(np.arange(count) % len(class_names)).tolist()
             done = 0
             while done < count:
-                pid = f"P{patient:04d}"
-                patient_rng = np.random.default_rng([seed, spatial_dims, int(multi_label), patient])
+                pid = f"{'P' if site == 'target' else 'R'}{patient:04d}"
+                patient_rng = np.random.default_rng([seed, spatial_dims, int(multi_label), patient, *site_seed])
                 anatomy = {
                     "body_h": patient_rng.uniform(0.85, 0.95),
                     "body_w": patient_rng.uniform(0.8, 0.95),
@@ -203,7 +273,7 @@ def make_classification_demo(
                 for view in range(min(int(patient_rng.integers(1, 5)), count - done)):
                     label = labels[done]
                     present = [c for c, on in enumerate(label) if on] if multi_label else [label]
-                    image = _classification_case(patient_rng, anatomy, shape, present, len(class_names))
+                    image = _classification_case(patient_rng, anatomy, shape, present, len(class_names), site)
                     rel = f"images/{pid}_{view}{suffix}"
                     data = png_bytes(image) if spatial_dims == 2 else nifti_bytes(image, (1.0,) * 3)
                     yield rel, data
@@ -211,34 +281,17 @@ def make_classification_demo(
                     done += 1
                 patient += 1
         task = "multi-label" if multi_label else "multi-class"
-        datalist = {
-            "name": f"medkd demo classification ({spatial_dims}D, {task})",
+        head = {
+            "name": f"medkd demo classification ({spatial_dims}D, {task})"
+            + ("" if site == "target" else f", {site} site"),
             "description": (
                 f"Synthetic {'radiograph' if spatial_dims == 2 else 'CT'}-like images with shape-coded findings, "
-                f"generated by medkd_ext.data.demo with seed {seed}; labels also in labels.csv."
+                f"site '{site}', generated by medkd_ext.data.demo with seed {seed}; labels also in labels.csv."
             ),
-            "reference": "synthetic, medkd_ext.data.demo",
-            "licence": "CC0-1.0",
-            "release": str(_GENERATOR_VERSION),
-            "tensorImageSize": f"{spatial_dims}D",
-            "modality": {"0": "synthetic X-ray" if spatial_dims == 2 else "synthetic CT"},
-            "labels": {str(i): name for i, name in enumerate(class_names)},
-            "task": task,
-            "num_classes": len(class_names),
-            "numTraining": len(lists["training"]),
-            "numTest": len(lists["test"]),
-            "training": lists["training"],
-            "test": lists["test"],
+            "site": site,
         }
-        yield "dataset.json", json_bytes(datalist)
-        table = io.StringIO()
-        header = ["image", "patient", "split", *(class_names if multi_label else ["label"])]
-        table.write(",".join(header) + "\n")
-        for split, entries in lists.items():
-            for entry in entries:
-                label = entry["label"] if multi_label else [entry["label"]]
-                table.write(",".join([entry["image"], entry["patient"], split, *map(str, label)]) + "\n")
-        yield "labels.csv", table.getvalue().encode("utf-8")
+        modality = "synthetic X-ray" if spatial_dims == 2 else "synthetic CT"
+        yield from classification_datalist_files(head, modality, spatial_dims, class_names, lists, multi_label)
 
     generate_or_reuse(out, "classification", params, build)
     return {"dataset_json": out / "dataset.json", "labels_csv": out / "labels.csv"}
@@ -249,19 +302,26 @@ def ensure_classification_demo(
     seed: int = 0,
     spatial_dims: int = 2,
     multi_label: bool = False,
+    site: str = "target",
     **kwargs: Any,
 ) -> dict[str, Path]:
-    """The classification demo under ``<root>/classification_<2|3>d[_multilabel]``, generated on first use.
+    """The classification demo under ``<root>/classification_<2|3>d[_multilabel][_related]``, generated on first use.
 
     Args:
         root: parent folder; default :func:`default_demo_root` (``$MEDKD_DEMO_DIR`` or ``~/.cache/medkd/demo``).
         seed: generation seed.
         spatial_dims: 2 or 3.
         multi_label: multi-label instead of multi-class.
+        site: ``"target"`` or ``"related"`` (see :func:`make_classification_demo`; the related site has 1.5 times the
+            target's training images by default and no test list).
         kwargs: further arguments of :func:`make_classification_demo`.
     """
     base = Path(root).expanduser() if root is not None else default_demo_root()
     folder = f"classification_{spatial_dims}d" + ("_multilabel" if multi_label else "")
+    if site != "target":
+        folder += f"_{site}"
+        kwargs.setdefault("n_cases", 600 if spatial_dims == 2 else 180)
+        kwargs.setdefault("n_test", 0)
     return make_classification_demo(
-        base / folder, seed=seed, spatial_dims=spatial_dims, multi_label=multi_label, **kwargs
+        base / folder, seed=seed, spatial_dims=spatial_dims, multi_label=multi_label, site=site, **kwargs
     )

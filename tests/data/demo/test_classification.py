@@ -78,6 +78,28 @@ def test_classification_learnable(tmp_path):
     assert (distances.argmin(1) == y_test).mean() > 0.45
 
 
+def test_related_site_same_findings_other_patients_and_appearance(tmp_path):
+    """The related site (the in-domain teacher's dataset, MIMIC-CXR's role): the same finding classes, other
+    patients, another appearance; the target site's images do not depend on it existing."""
+    target = make_classification_demo(tmp_path / "t", seed=0, **CLS_SMALL)
+    related = make_classification_demo(tmp_path / "r", seed=0, site="related", **CLS_SMALL)
+    content = {k: json.loads(v["dataset_json"].read_text()) for k, v in (("t", target), ("r", related))}
+    assert content["t"]["site"] == "target" and content["r"]["site"] == "related"
+    assert content["t"]["labels"] == content["r"]["labels"]
+    train_t, train_r = load_datalist(target["dataset_json"]), load_datalist(related["dataset_json"])
+    assert Counter(i["label"] for i in train_r) == {0: 6, 1: 6, 2: 6, 3: 6}
+    assert all(i["patient"].startswith("R") for i in train_r) and all(i["patient"].startswith("P") for i in train_t)
+    pixels = {k: np.stack([np.asarray(Image.open(i["image"]), dtype=float) for i in items])
+              for k, items in (("t", train_t), ("r", train_r))}
+    assert pixels["r"].mean() > pixels["t"].mean() + 10  # higher exposure
+    # the target's images are the same whether the site is named or not
+    again = make_classification_demo(tmp_path / "t2", seed=0, site="target", **CLS_SMALL)
+    assert files(tmp_path / "t") == files(tmp_path / "t2")
+    with pytest.raises(ValueError, match="site must be one of"):
+        make_classification_demo(tmp_path / "x", site="other")
+    assert again["dataset_json"].is_file()
+
+
 def test_classification_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
         make_classification_demo(tmp_path, spatial_dims=4)
@@ -93,9 +115,9 @@ def test_content_pinned_to_generator_version(tmp_path):
     make_classification_demo(tmp_path / "a", seed=0, size=16, n_cases=8, n_test=4)
     make_classification_demo(tmp_path / "b", seed=1, size=16, n_cases=8, n_test=4, multi_label=True, num_classes=6)
     make_classification_demo(tmp_path / "c", seed=0, spatial_dims=3, size=16, n_cases=3, n_test=1, num_classes=6)
-    assert content_digest(tmp_path / "a") == "dc47690e6a3f9804d99e67f923206a04dbde9ec32f8b8109b573f363b24da300"
-    assert content_digest(tmp_path / "b") == "3760a336d98eda0a2e82436b49a483f2cb14d24c3a970af34ae15f86471b2de2"
-    assert content_digest(tmp_path / "c") == "590b97c675a33d2a2d8ab0574f5921e52e55060833adec718ac98456a03758d6"
+    assert content_digest(tmp_path / "a") == "8a0cfed0d369ecfc62a1e21e8ee4744568ec120ffa016c8bd9920fe34393b40c"
+    assert content_digest(tmp_path / "b") == "114c3fc3176f2cc66d1b161eaf4ab675ca4a50d36eb60e1da9b53b273d2d4f4e"
+    assert content_digest(tmp_path / "c") == "3b84ed5faf94899c0bf77eed85a22d7a9ddd92051866f377cff9b5ebae30096a"
 
 
 def test_ensure_folder_per_variant(tmp_path, monkeypatch):
@@ -103,6 +125,9 @@ def test_ensure_folder_per_variant(tmp_path, monkeypatch):
     cls = ensure_classification_demo(root=tmp_path / "x", spatial_dims=2, multi_label=True, **CLS_SMALL)
     assert cls["dataset_json"] == tmp_path / "x" / "classification_2d_multilabel" / "dataset.json"
     assert cls["dataset_json"].is_file() and cls["labels_csv"].is_file()
+    related = ensure_classification_demo(root=tmp_path / "x", site="related", size=16, n_cases=4)
+    assert related["dataset_json"] == tmp_path / "x" / "classification_2d_related" / "dataset.json"
+    assert json.loads(related["dataset_json"].read_text())["numTest"] == 0  # no test list by default
     cls = ensure_classification_demo(None, 0, 3, False, size=16, n_cases=2, n_test=1)
     assert cls["dataset_json"] == tmp_path / "cache" / "classification_3d" / "dataset.json"
     assert json.loads(cls["dataset_json"].read_text())["task"] == "multi-class"

@@ -13,13 +13,17 @@ def test_demo_names_importable_from_medkd_ext_data():
 def test_public_names_of_the_package():
     assert set(medkd_ext.data.demo.__all__) == {
         "CLASSIFICATION_CLASS_NAMES",
+        "CLASSIFICATION_SITES",
         "DEMO_MANIFEST_NAME",
+        "PRETRAINING_CLASS_NAMES",
         "SEGMENTATION_DOMAINS",
         "default_demo_root",
         "ensure_classification_demo",
+        "ensure_pretraining_demo",
         "ensure_segmentation_demo",
         "main",
         "make_classification_demo",
+        "make_pretraining_demo",
         "make_segmentation_demo",
         "segmentation_demo_dir",
     }
