@@ -6,10 +6,14 @@ A teacher is any DenseNet-121 checkpoint: one written by this project (MONAI key
 transfer-learning baseline of the attention-transfer paper trains all layers or only the last ``N``
 (:func:`unfreeze_last_layers`), and every student may start from the weights of a pre-trained DenseNet that fit it
 (:func:`load_matching_weights`: a DenseNet-121 checkpoint gives DenseNet-40 its stem and first two dense blocks).
+On the demo the in-domain teacher learns from another, larger dataset of the same modality and findings
+(:func:`teacher_datalist`), as the paper's teacher learns from MIMIC-CXR for CheXpert students.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -24,11 +28,14 @@ from medkd_ext.networks.checkpoint import _strip_wrapper_prefixes, apply_state_d
 from medkd_ext.networks.frozen import unwrap_network
 from medkd_ext.utils import is_positive_int
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "check_attention_maps",
     "from_torchvision_densenet",
     "load_densenet_teacher",
     "load_matching_weights",
+    "teacher_datalist",
     "unfreeze_last_layers",
 ]
 
@@ -74,6 +81,42 @@ def _read_checkpoint(path: Path, device: str | torch.device | None, stage_hint: 
         state = read_state_dict(path, device=device, stage_hint=stage_hint, key=key)
     stripped, _ = _strip_wrapper_prefixes(state)
     return from_torchvision_densenet(stripped)
+
+
+def teacher_datalist(datalist: str | os.PathLike) -> str:
+    """The datalist the in-domain teacher trains on by default: the demo's related site for the demo, else ``datalist``.
+
+    When ``datalist`` is the ``dataset.json`` of a classification demo of the ``"target"`` site written by
+    :func:`medkd_ext.data.make_classification_demo` (its folder's manifest says so), the teacher's data are that
+    demo's ``"related"`` site, generated on first use in the sibling folder ``<folder>_related`` with the same
+    dimensions, task, classes and image size and 1.5 times the training images (the paper's teacher learns from
+    MIMIC-CXR, a larger dataset of the same modality, for students trained on CheXpert). Any other datalist (your
+    data) is returned as is: the teacher then trains on its ``teacher_part``. Give ``teacher_datalist`` to train the
+    teacher on a dataset of your own.
+    """
+    from medkd_ext.data.demo.cache import DEMO_MANIFEST_NAME
+
+    path = Path(datalist)
+    try:
+        manifest = json.loads((path.parent / DEMO_MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return str(datalist)
+    params = manifest.get("params") if isinstance(manifest, dict) else None
+    if (
+        path.name != "dataset.json"
+        or manifest.get("task") != "classification"
+        or not isinstance(params, dict)
+        or params.get("site", "target") != "target"
+    ):
+        return str(datalist)
+    from medkd_ext.data import make_classification_demo
+
+    related = {k: v for k, v in params.items() if k not in ("site", "n_cases", "n_test")}
+    paths = make_classification_demo(
+        path.parent.with_name(path.parent.name + "_related"), site="related",
+        n_cases=max(1, (3 * int(params["n_cases"])) // 2), n_test=0, **related,
+    )
+    return str(paths["dataset_json"])
 
 
 def load_densenet_teacher(
@@ -125,32 +168,46 @@ def load_densenet_teacher(
     return apply_state_dict(network, state, source=path, stage_hint=stage_hint)
 
 
+def _backbone_key(key: str) -> str:
+    """A key of a network built around a DenseNet backbone as the backbone names it: the trunk and branches of
+    :class:`medkd_ext.networks.ONENetwork` (``trunk.features_conv0.weight``, ``branches.1.features_denseblock2...``)."""
+    key = re.sub(r"^(trunk|branches\.\d+)\.", "", key)
+    return re.sub(r"^features_", "features.", key)
+
+
 def load_matching_weights(
-    network: nn.Module, path: str | os.PathLike, device: str | torch.device | None = None
-) -> int:
+    network: nn.Module, path: str | os.PathLike | None, device: str | torch.device | None = None
+) -> nn.Module:
     """Initialise ``network`` with the weights of a checkpoint whose keys and shapes match (pre-training).
 
     This is the paper's "initialised with ImageNet weights" for any DenseNet student: a DenseNet-121 checkpoint
     (MONAI or torchvision keys) gives DenseNet-40 its stem, first dense block, transition and second dense block;
-    a classifier of another class count is left as initialised.
+    a classifier of another class count is left as initialised. A ONE network (the KD study's ``one``) gets them in
+    its trunk and in every branch.
 
     Args:
         network: the network to initialise, possibly wrapped.
-        path: the checkpoint file.
+        path: the checkpoint file; ``None`` leaves ``network`` as it is (random initialisation).
         device: ``map_location`` for reading.
 
     Returns:
-        the number of tensors loaded.
+        ``network`` (so that a config can build and initialise a network in one expression).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: unreadable file, or no tensor of the checkpoint fits the network.
     """
+    if path is None:
+        return network
     path = Path(path)
     state = _read_checkpoint(path, device, None)
     target = unwrap_network(network)
     current = target.state_dict()
-    fitting = {k: v for k, v in state.items() if k in current and v.shape == current[k].shape}
+    fitting = {}
+    for key, value in current.items():
+        found = state.get(key, state.get(_backbone_key(key)))
+        if found is not None and found.shape == value.shape:
+            fitting[key] = found
     if not fitting:
         raise ValueError(
             f"Checkpoint '{path}' shares no key of the same shape with {type(target).__name__} "
@@ -159,7 +216,8 @@ def load_matching_weights(
         )
     current.update(fitting)
     target.load_state_dict(current)
-    return len(fitting)
+    logger.info("%s: %d of %d tensors initialised from %s", type(target).__name__, len(fitting), len(current), path)
+    return network
 
 
 def unfreeze_last_layers(network: nn.Module, num_layers: int | None = None) -> list[nn.Parameter]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .dicom_seg import OUTPUT_FORMATS, SaveDicomSegd, check_output_format, write_dicom_seg
 from .sizes import spatial_size
-from .validation import EnsureImageChannelsd, ValidateCased, ValidateClassLabeld, describe_source
+from .validation import EnsureImageChannelsd, ValidateCased, ValidateClassLabeld, check_cases, describe_source
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -13,6 +13,7 @@ __all__ = [
     "SaveDicomSegd",
     "ValidateCased",
     "ValidateClassLabeld",
+    "check_cases",
     "check_output_format",
     "describe_source",
     "spatial_size",

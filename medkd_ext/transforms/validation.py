@@ -9,18 +9,51 @@ error as a ``RuntimeError`` chained from this ``ValueError``, whose message is p
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+import logging
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import Compose, MapTransform
 
 from medkd_ext.runtime import EnsureImageChannelsd, describe_source, spatial_dims_error
 from medkd_ext.utils import check_positive_int, is_positive_int
 
-__all__ = ["EnsureImageChannelsd", "ValidateCased", "ValidateClassLabeld", "describe_source"]
+__all__ = ["EnsureImageChannelsd", "ValidateCased", "ValidateClassLabeld", "check_cases", "describe_source"]
+
+logger = logging.getLogger(__name__)
+
+
+def check_cases(
+    cases: Iterable[Mapping[str, Any]], transforms: Sequence[Callable] | Callable, key: str = "image"
+) -> int:
+    """Run the loading and validation ``transforms`` over every case once, before any stage trains.
+
+    For a workflow whose first stage does not read the user's data (the attention-transfer bundle pre-trains on a
+    generic dataset first), so that a bad case (unreadable, wrong channel count or dimensions, a label outside the
+    classes) stops the run before anything is trained or written, with the error the stage would have raised. Cases
+    are checked one at a time and not kept; a case listed twice (same ``key``) is checked once.
+
+    Args:
+        cases: datalist entries (dicts with ``key`` and the label).
+        transforms: the deterministic preprocessing (a list of transforms, or one callable).
+        key: the entry holding the image path.
+
+    Returns:
+        the number of cases checked.
+    """
+    compose = transforms if callable(transforms) else Compose(list(transforms))
+    seen: set[str] = set()
+    for case in cases:
+        name = str(case.get(key))
+        if name in seen:
+            continue
+        seen.add(name)
+        compose(dict(case))
+    logger.info("checked %d case(s) before training", len(seen))
+    return len(seen)
 
 
 def _as_tensor(value: Any, what: str) -> torch.Tensor:

@@ -65,10 +65,10 @@ def test_matching_weights_give_densenet40_the_first_blocks(d121, tmp_path):
     torch.save(_torchvision_style(ref), path)
     student = DenseNet40(2, 3, 5)
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    loaded = load_matching_weights(student, path)
+    assert load_matching_weights(student, path) is student
     got = student.state_dict()
     matching = [k for k, v in got.items() if k in ref and ref[k].shape == v.shape]
-    assert loaded == len(matching) and "features.denseblock2.denselayer12.layers.conv2.weight" in matching
+    assert "features.denseblock2.denselayer12.layers.conv2.weight" in matching
     assert all(torch.equal(got[k], ref[k]) for k in matching)
     # norm5 has 512 channels here, 1024 in DenseNet-121: not loaded, it keeps its initialisation
     assert got["features.norm5.weight"].shape != ref["features.norm5.weight"].shape
@@ -76,6 +76,28 @@ def test_matching_weights_give_densenet40_the_first_blocks(d121, tmp_path):
     torch.save({"x": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="shares no key"):
         load_matching_weights(student, tmp_path / "other.pt")
+
+
+def test_matching_weights_reach_every_branch_of_a_one_network(d121, tmp_path):
+    """The KD study's ``one`` student (a trunk and three branches over DenseNet-40) starts from the pre-trained
+    weights in its trunk and in every branch; ``None`` leaves a network as it is."""
+    from medkd_ext.networks import ONENetwork
+
+    generator = torch.Generator().manual_seed(2)
+    ref = {k: torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+           for k, v in d121.state_dict().items()}
+    torch.save(ref, tmp_path / "d121.pt")
+    one = ONENetwork(DenseNet40(2, 3, 5), num_branches=3)
+    before = {k: v.clone() for k, v in one.state_dict().items()}
+    assert load_matching_weights(one, None) is one
+    assert all(torch.equal(v, before[k]) for k, v in one.state_dict().items())
+    load_matching_weights(one, tmp_path / "d121.pt")
+    got = one.state_dict()
+    assert torch.equal(got["trunk.features_conv0.weight"], ref["features.conv0.weight"])
+    for branch in range(3):
+        key = f"branches.{branch}.features_denseblock2.denselayer12.layers.conv2.weight"
+        assert torch.equal(got[key], ref["features.denseblock2.denselayer12.layers.conv2.weight"]), key
+    assert torch.equal(got["branches.1.class_layers.conv1.weight"], before["branches.1.class_layers.conv1.weight"])
 
 
 def test_unfreeze_last_layers_densenet121():

@@ -166,3 +166,22 @@ def test_case_layout_spatial_dims_and_image_channels():
         image_only({"image": torch.zeros(3, 4, 4, 4)})
     with pytest.raises(ValueError, match="channels must be a positive int or None, got 0"):
         ValidateCased(channels=0)
+
+
+def test_check_cases_runs_every_case_once_and_stops_at_a_bad_one():
+    """``check_cases``: the loading and validation transforms over every case before any stage trains (a case
+    listed twice is checked once); the first bad case raises the transform's own error."""
+    from medkd_ext.transforms import check_cases
+
+    seen = []
+
+    def record(case):
+        seen.append(case["image"])
+        return case
+
+    cases = [{"image": "a.png", "label": 0}, {"image": "b.png", "label": 1}, {"image": "a.png", "label": 0}]
+    assert check_cases(cases, [record]) == 2 and seen == ["a.png", "b.png"]
+    check = ValidateClassLabeld(keys="label", num_classes=2)
+    with pytest.raises(RuntimeError) as raised:
+        check_cases([{"image": "a.png", "label": 0}, {"image": "c.png", "label": 7}], [check])
+    assert "is 7" in str(raised.value.__cause__ or raised.value)
