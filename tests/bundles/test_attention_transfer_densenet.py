@@ -13,7 +13,7 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from medkd_ext.data import make_classification_demo
+from medkd_ext.data import make_classification_demo, make_pretraining_demo
 from medkd_ext.engines import loss_terms_output, run_stage
 from medkd_ext.networks import FeatureTaps, save_state_dict
 from tests.bundles.bundle_checks import (
@@ -47,6 +47,7 @@ def _cause(error: BaseException, kind: type[BaseException]) -> BaseException:
 def demo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("at_demo")
     make_classification_demo(root / "data", seed=1, n_cases=32, n_test=8, size=32)
+    make_pretraining_demo(root / "pretrain", seed=1, n_cases=16, n_test=0, size=32)
     return root
 
 
@@ -59,6 +60,8 @@ def overrides(root: Path, **extra) -> dict:
         "batch_size": 8,
         "max_epochs": 1,
         "teacher_max_epochs": 1,
+        "pretrain_dataset_dir": str(root / "pretrain"),
+        "pretrain_max_epochs": 1,
         "device": "cpu",
     }
     values.update(extra)
@@ -71,6 +74,10 @@ def parser_for(files: list[str], values: dict) -> ConfigParser:
     parser.read_meta(str(CONFIGS / "metadata.json"))
     parser.update(values)
     return parser
+
+
+def _stage(parser: ConfigParser, name: str):
+    return next(s for s in parser.get_parsed_content("stages") if s.name == name)
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +102,64 @@ def test_train_runs_teacher_first_then_skips_it(trained):
     before = teacher.stat().st_mtime_ns
     run_stage(CONFIGS / "train.json", overrides(trained))
     assert teacher.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_pretraining_then_the_teacher_on_the_related_site(trained):
+    """The paper's two sources: a network pre-trained on the generic demo (the ImageNet role, pretrained.pt, 8
+    pattern classes), then the in-domain teacher trained on the demo's related site (another hospital's larger
+    dataset of the same findings, the MIMIC-CXR role), not on the student's dataset."""
+    from medkd_ext.engines import recorded
+
+    models = trained / "models"
+    assert recorded(models / "pretrained.pt", "teacher_num_classes") == 8
+    assert recorded(models / "pretrained.pt", "pretrain_datalist") == str(trained / "pretrain" / "dataset.json")
+    teacher_data = Path(recorded(models / "teacher.pt", "teacher_datalist"))
+    assert teacher_data == trained / "data_related" / "dataset.json"
+    related, target = (json.loads(p.read_text()) for p in (teacher_data, trained / "data" / "dataset.json"))
+    assert related["site"] == "related" and target["site"] == "target"
+    assert related["labels"] == target["labels"] and len(related["training"]) == 48  # 1.5 x the 32 target cases
+    assert not {e["patient"] for e in related["training"]} & {e["patient"] for e in target["training"]}
+    assert recorded(models / "teacher.pt", "teacher_data_parts") == {"source": 0.8, "validation": 0.2}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("student_net", ["DenseNet121", "medkd_ext.networks.DenseNet40"])
+def test_teacher_and_students_start_from_the_pretrained_weights(trained, tmp_path, student_net):
+    """With a learning rate of 0 the trained networks keep their starting weights: the teacher's and every student's
+    convolutions are the pre-trained network's (DenseNet-40: its stem and first two dense blocks), with transfer
+    learning (baseline) and with attention transfer; --pretrained_ckpt null starts from random weights."""
+    pretrained = torch.load(trained / "models" / "pretrained.pt", weights_only=True)
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("pretrained.pt", "pretrained.json"):
+        (models / name).write_bytes((trained / "models" / name).read_bytes())
+    common = {"ckpt_dir": str(models), "output_dir": str(tmp_path / "eval"), "learning_rate": 0.0,
+              "student_net": student_net}
+    keys = ("features.conv0.weight", "features.denseblock2.denselayer3.layers.conv1.weight")
+    for baseline in (False, True):
+        run_stage(CONFIGS / "train.json", overrides(trained, baseline=baseline, **common))
+        checkpoints = ["model.pt"] + ([] if baseline else ["teacher.pt"])
+        for name in checkpoints:
+            state = torch.load(models / name, weights_only=True)
+            for key in keys:
+                assert torch.equal(state[key], pretrained[key]), (baseline, name, key)
+    fresh = tmp_path / "fresh"
+    run_stage(CONFIGS / "train.json", overrides(trained, baseline=True, pretrained_ckpt=None,
+                                                **{**common, "ckpt_dir": str(fresh)}))
+    assert not (fresh / "pretrained.pt").exists()
+    assert not torch.equal(torch.load(fresh / "model.pt", weights_only=True)[keys[0]], pretrained[keys[0]])
+
+
+@pytest.mark.slow
+def test_the_pretrained_network_is_a_cross_domain_teacher(trained, tmp_path):
+    """The paper's Teacher_ImageNet column: attention transfer from the pre-trained network itself (its 8 generic
+    classes: teacher_num_classes 8), without training a teacher."""
+    values = overrides(trained, teacher_ckpt=str(trained / "models" / "pretrained.pt"), teacher_num_classes=8,
+                       train_teacher_if_missing=False, ckpt_file=str(tmp_path / "model.pt"),
+                       output_dir=str(tmp_path / "eval"))
+    run_stage(CONFIGS / "train.json", values)
+    assert (tmp_path / "model.pt").is_file() and (tmp_path / "eval" / "metrics.json").is_file()
 
 
 @pytest.mark.slow
@@ -218,7 +283,7 @@ def test_baseline_is_cross_entropy_alone_without_teacher(demo):
     terms = parser.get_parsed_content("loss_terms")
     assert [t.name for t in terms] == ["ce"]
     assert parser.get_parsed_content("teachers") == {}
-    assert not parser.get_parsed_content("stages")[0].enabled  # no teacher stage
+    assert not _stage(parser, "teacher").enabled  # no teacher stage
     optimizer = parser.get_parsed_content("optimizer")
     network = parser.get_parsed_content("network")
     trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -228,7 +293,7 @@ def test_baseline_is_cross_entropy_alone_without_teacher(demo):
 def test_missing_teacher_names_file_and_stage(demo, tmp_path):
     missing = tmp_path / "none.pt"
     parser = parser_for(["train.json"], overrides(demo, teacher_ckpt=str(missing), train_teacher_if_missing=False))
-    assert not parser.get_parsed_content("stages")[0].enabled
+    assert not _stage(parser, "teacher").enabled
     with pytest.raises(Exception) as info:
         parser.get_parsed_content("teacher")
     message = str(_cause(info.value, FileNotFoundError))
@@ -282,7 +347,7 @@ def test_image_with_wrong_channel_count(demo, tmp_path):
 
 def test_paper_overlay(demo):
     parsers = stage_parsers(BUNDLE, {"dataset_dir": str(demo / "data")}, ["train.json", "paper.json"])
-    assert list(parsers) == ["teacher", "student", "evaluate"]
+    assert list(parsers) == ["pretrain", "teacher", "student", "evaluate"]
     for name in ("teacher", "student"):  # the overlay given to train.json reaches the teacher stage too
         parser = parsers[name]
         assert parser["learning_rate"] == 5e-5 and parser["batch_size"] == 32 and parser["image_size"] == 256
@@ -309,7 +374,7 @@ def test_every_id_given_to_train_json_reaches_every_stage(demo, tmp_path):
     given = {"seed": 4, "learning_rate": 0.003, "data_parts#train": 0.1, "data_parts#validation": 0.3}
     given["train#random_transforms#1#prob"] = 0.1
     parsers = stage_parsers(BUNDLE, overrides(demo, teacher_ckpt=str(tmp_path / "t.pt"), **given))
-    assert list(parsers) == ["teacher", "student", "evaluate"]
+    assert list(parsers) == ["pretrain", "teacher", "student", "evaluate"]
     for name, parser in parsers.items():
         assert parser.get_parsed_content("seed") == 4, name
         assert parser.get_parsed_content("train#random_transforms")[1].prob == 0.1, name
@@ -323,11 +388,20 @@ def test_every_id_given_to_train_json_reaches_every_stage(demo, tmp_path):
     # the teacher learns on its own part of the data, the student on the student's
     parts = {n: {d["image"] for d in parsers[n].get_parsed_content("train#data")} for n in ("teacher", "student")}
     assert parts["teacher"] and parts["student"] and not parts["teacher"] & parts["student"]
+    assert all("/data_related/" in image for image in parts["teacher"])  # the demo's related site
+    pretrain = parsers["pretrain"]
+    network = pretrain.get_parsed_content("network")
+    assert type(network).__name__ == "DenseNet121" and network.class_layers.out.out_features == 8
+    assert pretrain.get_parsed_content("stage_ckpt") == str(demo / "models" / "pretrained.pt")
+    assert pretrain.get_parsed_content("train#trainer#max_epochs") == 1
+    assert pretrain.get_parsed_content("optimizer").defaults["lr"] == 0.003
+    assert {d["image"].split("/")[-3] for d in pretrain.get_parsed_content("train#data")} == {"pretrain"}
 
 
 @pytest.mark.slow
 def test_3d_train_and_attention_maps(tmp_path):
     make_classification_demo(tmp_path / "data", seed=2, spatial_dims=3, n_cases=12, n_test=2, size=16)
+    make_pretraining_demo(tmp_path / "pretrain", seed=2, spatial_dims=3, n_cases=8, n_test=0, size=16)
     values = overrides(tmp_path, spatial_dims=3, image_size=64, batch_size=4, num_attention_cases=1)
     run_stage(CONFIGS / "train.json", values)
     run_stage([CONFIGS / "train.json", CONFIGS / "attention_maps.json"], values)
@@ -343,6 +417,7 @@ def test_3d_train_and_attention_maps(tmp_path):
 @pytest.mark.slow
 def test_multi_label_selects_by_mean_auc(tmp_path):
     make_classification_demo(tmp_path / "data", seed=3, multi_label=True, n_cases=24, n_test=4, size=32)
+    make_pretraining_demo(tmp_path / "pretrain", seed=3, n_cases=8, n_test=0, size=32)
     values = overrides(tmp_path, multi_label=True)
     parser = parser_for(["train.json"], values)
     assert parser.get_parsed_content("val_metric") == "auc_macro"
@@ -360,7 +435,7 @@ def test_booleans_from_the_command_line(demo, text):
     assert isinstance(parser.get_parsed_content("loss"), torch.nn.CrossEntropyLoss)  # multi_label off
     assert parser.get_parsed_content("val_metric") == "f1_weighted"
     assert parser.get_parsed_content("validate#postprocessing").softmax == (True,)
-    assert parser.get_parsed_content("stages")[0].enabled is False  # train_teacher_if_missing off
+    assert _stage(parser, "teacher").enabled is False  # train_teacher_if_missing off
     # baseline off: attention transfer is a term
     assert [t.name for t in parser.get_parsed_content("loss_terms")] == ["ce", "at"]
     parser = parser_for(["train.json"], overrides(demo, multi_label="true", baseline="true"))
@@ -418,6 +493,7 @@ def test_each_kd_study_method_trains_the_student_from_one_key(method, trained, t
     values = overrides(
         trained, distill_method=method, ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"),
         teacher_ckpt=str(trained / "models" / "teacher.pt"), train_teacher_if_missing=False,
+        pretrained_ckpt=str(trained / "models" / "pretrained.pt"),
     )
     stage = next(s for s in parser_for(["train.json"], values).get_parsed_content("stages") if s.name == "student")
     assert stage.config == ["train_student.json", *method_overlays(method)]

@@ -36,7 +36,7 @@ JOINT_SOURCE = ["train.json", "train_target_teacher.json", "train_source_teacher
 
 TINY = {  # ids that make a run that wrongly trains finish in seconds
     ROSKD: {"max_epochs": 1, "teacher_max_epochs": 1, "batch_size": 4},
-    AT: {"image_size": 64, "max_epochs": 1, "teacher_max_epochs": 1, "batch_size": 4},
+    AT: {"image_size": 64, "max_epochs": 1, "teacher_max_epochs": 1, "batch_size": 4, "pretrain_max_epochs": 1},
     JOINT: {
         "target_teacher_max_epochs": 1, "source_teacher_max_epochs": 1, "joint_max_epochs": 1, "max_epochs": 1,
         "val_interval": 1, "roi_size": [24, 24, 24], "teacher_width": 4, "student_width": 4, "max_tokens": 64,
@@ -552,7 +552,7 @@ CATALOGUE = [
     entry("label_outside_classes", ROSKD, TRAIN, label_outside_classification,
           ["has label 7, outside the classes [0, 4)"]),
     entry("label_outside_classes", AT, TRAIN, label_outside_classification,
-          ["stage 'teacher'", "ValidateClassLabeld", "is 7;", "integer in [0, 4)"]),
+          ["ValidateClassLabeld", "is 7;", "integer in [0, 4)"]),  # checked before pre-training
     entry("non_finite_voxels", JOINT, TRAIN, non_finite_training_volume,
           ["{tmp}/seg/target/imagesTr/target_000.nii.gz", "1 non-finite voxel(s)"]),
     entry("non_finite_voxels", JOINT, INFER, non_finite_input_volume,
@@ -600,14 +600,14 @@ CATALOGUE = [
     entry("missing_teacher", ROSKD, TRAIN, missing_teacher(ROSKD),
           ["stage 'student'", "needs the teacher checkpoint(s)", "{tmp}/models/teacher_0.pt", "stage 'teacher_0'"]),
     entry("missing_teacher", AT, TRAIN, missing_teacher(AT),
-          ["stage 'student'", "{tmp}/models/teacher.pt' not found", "train_teacher.json"]),
+          ["{tmp}/models/teacher.pt' not found", "train_teacher.json"]),  # checked before pre-training
     entry("missing_teacher", JOINT, JOINT_STUDENT, missing_teacher(JOINT),
           ["{tmp}/models/joint_teacher.pt' not found", "stage 'joint_teacher'", "train_joint.json"]),
     entry("missing_model", JOINT, INFER, missing_model, ["{tmp}/models/model.pt' not found", "train.json"]),
     entry("other_architecture", ROSKD, TRAIN, other_architecture(ROSKD),
           ["stage 'student'", "{tmp}/models/teacher_0.pt' does not fit ResNet", "missing key"]),
     entry("other_architecture", AT, TRAIN, other_architecture(AT),
-          ["stage 'student'", "{tmp}/models/teacher.pt' does not fit DenseNet121", "missing key"]),
+          ["{tmp}/models/teacher.pt' does not fit DenseNet121", "missing key"]),
     entry("other_architecture", JOINT, JOINT_STUDENT, other_architecture(JOINT),
           ["{tmp}/models/joint_teacher.pt' does not fit JointTeacher"]),
     entry("other_architecture", ROSKD, INFER, other_architecture(ROSKD, INFER),

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medkd_ext.data import make_classification_demo, make_segmentation_demo
+from medkd_ext.data import make_classification_demo, make_pretraining_demo, make_segmentation_demo
 from tests.bundles.bundle_checks import REPO, check_properties
 
 TWO_TEACHERS = {
@@ -38,9 +38,11 @@ BUNDLES = {
         8,
     ),
     "attention_transfer_densenet": (
-        lambda root: make_classification_demo(root, seed=1, n_cases=32, n_test=8, size=32),
-        ["--image_size", "64", "--batch_size", "8", "--max_epochs", "2", "--teacher_max_epochs", "2"],
-        ["teacher.pt", "model.pt"],
+        lambda root: (make_classification_demo(root, seed=1, n_cases=32, n_test=8, size=32),
+                      make_pretraining_demo(root.with_name("pretrain"), seed=1, n_cases=16, n_test=0, size=32)),
+        ["--image_size", "64", "--batch_size", "8", "--max_epochs", "2", "--teacher_max_epochs", "2",
+         "--pretrain_max_epochs", "1"],
+        ["pretrained.pt", "teacher.pt", "model.pt"],
         8,
     ),
     "joint_teacher_seg": (
@@ -80,6 +82,8 @@ def test_train_json_runs_every_stage_on_two_processes(bundle, tmp_path):
         (tmp_path / "two_teachers.json").write_text(json.dumps(TWO_TEACHERS))
         extra = [str(tmp_path / "two_teachers.json")]
     common = ["--dataset_dir", str(data), "--num_threads", "1", *ids]
+    if bundle == "attention_transfer_densenet":
+        common += ["--pretrain_dataset_dir", str(tmp_path / "pretrain")]
     result = _torchrun(_configs(bundle, extra), [*common, "--ckpt_dir", str(models), "--output_dir", str(out)])
     assert result.returncode == 0, result.stdout[-4000:]
     assert "process group: 2 processes, backend gloo" in result.stdout

@@ -10,12 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from medkd_ext.data import make_classification_demo, make_segmentation_demo
+from medkd_ext.data import make_classification_demo, make_pretraining_demo, make_segmentation_demo
 from tests.bundles.bundle_checks import check_resume_after_kill, check_same_seed_same_results, run_bundle
 
 
 def _classification_data(root: Path, seed: int, n_cases: int) -> None:
     make_classification_demo(root, seed=seed, n_cases=n_cases, n_test=8, size=32)
+
+
+def _attention_transfer_data(root: Path) -> None:
+    _classification_data(root, 1, 32)
+    make_pretraining_demo(root.with_name("pretrain"), seed=1, n_cases=16, n_test=0, size=32)
 
 
 def _segmentation_data(root: Path) -> None:
@@ -30,9 +35,10 @@ BUNDLES = {
         {2: "teacher_2", -1: "student"},  # a teacher on its subset; the student with smoothing and precise BN
     ),
     "attention_transfer_densenet": (
-        lambda root: _classification_data(root, 1, 32),
-        ["--image_size", "64", "--batch_size", "8", "--max_epochs", "3", "--teacher_max_epochs", "2"],
-        {0: "teacher", -1: "student"},  # the teacher is reused when present: not when it was interrupted
+        _attention_transfer_data,
+        ["--image_size", "64", "--batch_size", "8", "--max_epochs", "3", "--teacher_max_epochs", "2",
+         "--pretrain_max_epochs", "2"],
+        {1: "teacher", -1: "student"},  # (0 is pretraining) the teacher is reused when present: not when interrupted
     ),
     "joint_teacher_seg": (
         _segmentation_data,
@@ -45,8 +51,11 @@ BUNDLES = {
 
 
 def _args(bundle: str, data: Path) -> list[str]:
+    extra = []
+    if bundle == "attention_transfer_densenet":  # a tiny generic pre-training set beside the data
+        extra = ["--pretrain_dataset_dir", str(data.with_name("pretrain"))]
     return ["run", "--config_file", f"bundles/{bundle}/configs/train.json", "--dataset_dir", str(data),
-            "--device", "cpu", "--num_threads", "1", *BUNDLES[bundle][1]]
+            "--device", "cpu", "--num_threads", "1", *BUNDLES[bundle][1], *extra]
 
 
 @pytest.fixture(scope="module", params=list(BUNDLES))
