@@ -507,3 +507,19 @@ def test_each_kd_study_method_trains_the_student_from_one_key(method, full_teach
     assert (tmp_path / "models" / "distill_init.pt").is_file() == (method in ("fitnet", "fsp"))
     assert record["method"] == ("student_only" if method in ("one", "dml") else "hinton_kd")
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_samples"] == 8
+
+
+@pytest.mark.parametrize("record, width", [(None, 16), ({"num_classes": 4}, 64), ({"student_width": 0.5}, 32)])
+def test_inference_builds_the_student_width_of_its_record(tmp_path, record, width):
+    """The student's width in inference: the record's ``student_width``; without a record (the
+    model-zoo checks from the bundle folder) the demo's 0.25; a record from before ``student_width`` existed stands for
+    the full-width students trained then."""
+    from medkd_ext.engines import settings_path
+
+    ckpt = tmp_path / "model.pt"
+    if record is not None:
+        settings_path(ckpt).write_text(json.dumps(record))
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"ckpt_file": str(ckpt), "bundle_root": str(BUNDLE), "dataset_dir": str(tmp_path)})
+    assert parser.get_parsed_content("network_def").conv1.out_channels == width
