@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from medkd_ext.data import SEGMENTATION_DOMAINS, make_segmentation_demo
-from medkd_ext.engines import parse_overrides, run_stage
+from medkd_ext.engines import parse_overrides, recorded, run_stage
 from medkd_ext.metrics.segmentation import SEGMENTATION_COUNTS
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "joint_teacher_seg"
@@ -89,9 +89,11 @@ def run_seed(seed: int, out: Path, extra: dict[str, Any]) -> tuple[dict[str, dic
     multihead = {**base, "output_dir": str(out / "eval_multihead")}
     times["multi-head"] = _run(["train.json", "train_multihead.json"], multihead)
 
+    # the joint teacher's record holds no patch size (it does not depend on one): evaluate it with the student's
+    joint = {**base, "roi_size": recorded(models / "model.pt", "roi_size")}
     evaluations = {
         "student": (["train.json"], base, models / "model.pt"),
-        "joint teacher": (TARGET_TEACHER + ["train_joint.json"], base, models / "joint_teacher.pt"),
+        "joint teacher": (TARGET_TEACHER + ["train_joint.json"], joint, models / "joint_teacher.pt"),
         "dataset-specific": (TARGET_TEACHER, specific, models / "baseline_specific.pt"),
         "multi-head": (["train.json", "train_multihead.json"], multihead, models / "baseline_multihead.pt"),
     }

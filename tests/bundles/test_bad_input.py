@@ -116,13 +116,14 @@ def _models(tmp: Path) -> Path:
 
 
 def _roskd_model(tmp: Path, spatial_dims: int = 2, seed: int = 0) -> Path:
-    """``model.pt`` of the RoS-KD student (ResNet-18, one channel, 4 classes) in ``tmp/models``."""
+    """``model.pt`` of the RoS-KD student (ResNet-18 at the demo's width 0.25, one channel, 4 classes) in
+    ``tmp/models``, without a record: inference builds the demo's network."""
     import torch
     from monai.networks.nets import resnet18
 
     torch.manual_seed(seed)
-    return save_state_dict(resnet18(spatial_dims=spatial_dims, n_input_channels=1, num_classes=4),
-                           _models(tmp) / "model.pt")
+    network = resnet18(spatial_dims=spatial_dims, n_input_channels=1, num_classes=4, widen_factor=0.25)
+    return save_state_dict(network, _models(tmp) / "model.pt")
 
 
 def _at_model(tmp: Path) -> Path:
