@@ -22,6 +22,9 @@ Example:
 
     python scripts/joint_teacher_table.py --seeds 3 --out /tmp/jt_table
     python scripts/joint_teacher_table.py --seeds 1 --targets source_1 --override max_epochs=20
+
+``--resume`` reuses a seed whose four reports exist under ``<out>/.../seed_<n>/table`` and were made with the same
+overrides (recorded in ``table/overrides.json``), so that an interrupted table goes on from its next seed.
 """
 
 from __future__ import annotations
@@ -74,9 +77,22 @@ def _means(report: Path) -> dict[str, float]:
     return {**{m: float(row[m]) for m in METRICS}, **{n: int(row[n]) for n in SEGMENTATION_COUNTS}}
 
 
+def finished_seed(out: Path, extra: dict[str, Any]) -> dict[str, dict[str, float]] | None:
+    """The target-test means of a seed already run in ``out`` with the overrides ``extra``, or None."""
+    reports = {name: out / "table" / name.replace(" ", "_") / "metrics.csv" for name in ROWS}
+    record = out / "table" / "overrides.json"
+    if not record.is_file() or not all(r.is_file() for r in reports.values()):
+        return None
+    if json.loads(record.read_text(encoding="utf-8")) != json.loads(json.dumps(extra)):
+        return None
+    return {name: _means(report) for name, report in reports.items()}
+
+
 def run_seed(seed: int, out: Path, extra: dict[str, Any]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Train everything for one seed; return the target-test means per model and the wall time per run."""
     models = out / "models"
+    table = out / "table"
+    (table / "overrides.json").unlink(missing_ok=True)  # written again once the four reports are
     base = {"bundle_root": str(BUNDLE), "seed": seed, "ckpt_dir": str(models), "output_dir": str(out / "eval"), **extra}
     times = {"train.json (every stage)": _run(["train.json"], base)}
     # the student's architecture, epochs and supervised loss (Dice + CE), without teachers
@@ -102,6 +118,7 @@ def run_seed(seed: int, out: Path, extra: dict[str, Any]) -> tuple[dict[str, dic
         report_dir = out / "table" / name.replace(" ", "_")
         _run(files + ["evaluate.json"], {**overrides, "ckpt_file": str(ckpt), "output_dir": str(report_dir)})
         results[name] = _means(report_dir / "metrics.csv")
+    (table / "overrides.json").write_text(json.dumps(extra, indent=1), encoding="utf-8")
     return results, times
 
 
@@ -129,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--demo_size", type=int, default=48, help="demo volume size in voxels (default 48)")
     parser.add_argument("--demo_cases", type=int, nargs=3, default=[6, 6, 16], metavar=("TRAIN", "TEST", "SOURCE"),
                         help="demo cases: target training, target test, per source (default 6 6 16)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse seeds already run in --out with the same overrides (their four reports exist)")
     parser.add_argument("--override", action="append", default=[], metavar="ID=JSON",
                         help="bundle override for every run, e.g. --override max_epochs=20 (value parsed as JSON)")
     args = parser.parse_args(argv)
@@ -150,12 +169,17 @@ def main(argv: list[str] | None = None) -> None:
         folder = args.out if target is None else args.out / f"target_{target}"
         per_seed = []
         for seed in range(args.seeds):
-            results, times = run_seed(seed, folder / f"seed_{seed}", {**extra, **data})
-            per_seed.append(results)
             label = "" if target is None else f"target {target}, "
-            print(f"{label}seed {seed}: " + json.dumps(results), flush=True)
-            print(f"{label}seed {seed} wall times (s): " + json.dumps({k: round(v, 1) for k, v in times.items()}),
-                  flush=True)
+            seed_dir, overrides = folder / f"seed_{seed}", {**extra, **data}
+            results = finished_seed(seed_dir, overrides) if args.resume else None
+            if results is not None:
+                print(f"{label}seed {seed}: reused from {seed_dir}: " + json.dumps(results), flush=True)
+            else:
+                results, times = run_seed(seed, seed_dir, overrides)
+                print(f"{label}seed {seed}: " + json.dumps(results), flush=True)
+                print(f"{label}seed {seed} wall times (s): " + json.dumps({k: round(v, 1) for k, v in times.items()}),
+                      flush=True)
+            per_seed.append(results)
         title = "Target test set" if target is None else f"Target {target} (sources: the other domains), test set"
         blocks.append(
             f"{title}, mean ± std over {args.seeds} seed(s) (HD95 in mm; cases: evaluated over all seeds, of which "

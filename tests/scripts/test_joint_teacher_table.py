@@ -64,3 +64,27 @@ def test_a_rotated_run_prints_a_block_for_its_target(tmp_path):
 def test_targets_are_refused_with_own_data(tmp_path):
     ran = _run("--targets", "source_1", "--override", f"dataset_dir={tmp_path}")
     assert ran.returncode == 2 and "with your own data (dataset_dir)" in ran.stdout
+
+
+def test_resume_reuses_only_a_finished_seed_with_the_same_overrides(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import joint_teacher_table as table
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    seed = tmp_path / "seed_0"
+    header = "case,class,IoU,DSC,Recall,Precision,HD95,n_cases,n_empty_prediction,n_empty_reference,n_both_empty\n"
+    for i, name in enumerate(table.ROWS):
+        report = seed / "table" / name.replace(" ", "_") / "metrics.csv"
+        report.parent.mkdir(parents=True)
+        rows = f"a.nii.gz,1,0.5,0.6,0.7,0.8,2.0,1,0,0,0\nmean,1,0.5,0.{i + 1},0.7,0.8,2.0,1,0,0,0\n"
+        report.write_text(header + rows)
+    overrides = {"dataset_dir": "/data/target", "max_epochs": 20}
+    assert table.finished_seed(seed, overrides) is None  # reports without the record of their overrides
+    (seed / "table" / "overrides.json").write_text(json.dumps(overrides), encoding="utf-8")
+    reused = table.finished_seed(seed, overrides)
+    assert [reused[name]["DSC"] for name in table.ROWS] == [0.1, 0.2, 0.3, 0.4]
+    assert reused["student"]["n_cases"] == 1
+    assert table.finished_seed(seed, {**overrides, "max_epochs": 30}) is None
+    (seed / "table" / "student" / "metrics.csv").unlink()
+    assert table.finished_seed(seed, overrides) is None
