@@ -21,8 +21,10 @@ Everything is stored as tensors, numbers, strings, lists and dicts, so ``torch.l
 With ``resume`` true the state is loaded when the trainer starts (``Events.STARTED``, as MONAI's ``CheckpointLoader``
 does) and training continues after the last completed epoch. Without it a stage starts fresh, as it always did, and
 says that it found an earlier state and how to continue from it. The state file of a stage is :func:`state_path` of
-its checkpoint (``models/model.pt`` -> ``models/state/model.pt``); :func:`medkd_ext.engines.run_stages` removes it once
-the stage has finished and recorded its outputs.
+its checkpoint (``models/model.pt`` -> ``models/state/model.pt``). It is removed when the trainer completes (its last
+epoch, or stopped early), after the stage's other handlers wrote their files, so that only an interrupted stage
+leaves one: a stage run alone through its overlay is not taken for an interrupted one by a later ``train.json`` run.
+:func:`medkd_ext.engines.run_stages` then records the stage's completion and outputs.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from monai.transforms import Randomizable, Transform
 from torch import nn
 
 from medkd_ext.data.views import randomizables
+from medkd_ext.distributed import is_main_process
 from medkd_ext.networks.checkpoint import atomic_save
 from medkd_ext.networks.frozen import unwrap_network
 
@@ -157,7 +160,8 @@ class TrainingState:
          "resume": "@resume", "stage": "@stage_name", "config": "$medkd_ext.engines.current_config()"}
 
     The state is saved after every other epoch-end handler (validation, LR scheduling, averaging): the saving handler
-    is registered when the trainer starts, after all handlers given to the trainer were attached.
+    is registered when the trainer starts, after all handlers given to the trainer were attached, and so is the one
+    that removes the state when the trainer completes.
 
     Args:
         path: the state file (:func:`state_path` of the stage's checkpoint); written atomically.
@@ -304,6 +308,10 @@ class TrainingState:
     def _started(self, engine: Engine) -> None:
         if not engine.has_event_handler(self._epoch_completed, Events.EPOCH_COMPLETED):
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        if not engine.has_event_handler(self._completed, Events.COMPLETED):
+            # registered now, after every handler given to the trainer: the stage's checkpoints and reports are
+            # written before its state goes
+            engine.add_event_handler(Events.COMPLETED, self._completed)
         if not self.path.is_file():
             if self.resume:
                 logger.info("stage '%s': no saved state in %s; training starts from the first epoch.", self.stage,
@@ -320,6 +328,13 @@ class TrainingState:
 
     def _epoch_completed(self, engine: Engine) -> None:
         atomic_save(self._state(engine), self.path)  # rank 0 only under torchrun; every rank loads it
+
+    def _completed(self, engine: Engine) -> None:
+        """The trainer finished (its last epoch, or stopped early): a later run has nothing to continue, and a
+        stage run alone through its overlay is not taken for an interrupted one by the next ``train.json`` run."""
+        if is_main_process() and self.path.is_file():
+            self.path.unlink()
+            logger.info("stage '%s' finished: its training state %s removed.", self.stage, self.path)
 
     # loading ----------------------------------------------------------------------------------------------------
     def _read(self) -> dict[str, Any]:

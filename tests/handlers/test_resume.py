@@ -64,27 +64,50 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
 
 def test_resume_is_refused_under_other_settings(tmp_path):
     path = tmp_path / "state.pt"
-    trainer, _ = _trainer(path, config={"lr": 0.01, "num_threads": 2}, max_epochs=1)
-    trainer.run()
-    same, _ = _trainer(path, resume=True, config={"lr": 0.01, "num_threads": 1}, max_epochs=1)
-    same.run()  # num_threads changes how a run executes, not what it computes
-    other, _ = _trainer(path, resume=True, config={"lr": 0.1}, max_epochs=1)
+    crashed, _ = _trainer(path, config={"lr": 0.01, "num_threads": 2}, crash_at=6, max_epochs=2)
+    with pytest.raises(_Crash):
+        crashed.run()
+    other, _ = _trainer(path, resume=True, config={"lr": 0.1}, max_epochs=2)
     with pytest.raises(ValueError, match=r"stage 'toy': cannot resume from .*state.pt.*lr: saved 0.01, now 0.1"):
         other.run()
+    same, _ = _trainer(path, resume=True, config={"lr": 0.01, "num_threads": 1}, max_epochs=2)
+    same.run()  # num_threads changes how a run executes, not what it computes
+    assert same.state.epoch == 2 and same.state.iteration == 8
 
 
 def test_an_earlier_state_is_announced_and_a_broken_one_named(tmp_path, caplog):
     path = tmp_path / "state.pt"
-    trainer, _ = _trainer(path, max_epochs=1)
-    trainer.run()
+    crashed, _ = _trainer(path, crash_at=6, max_epochs=2)
+    with pytest.raises(_Crash):
+        crashed.run()
+    saved = path.read_bytes()
     with caplog.at_level(logging.WARNING, logger="medkd_ext.handlers.resume"):
-        again, _ = _trainer(path, max_epochs=1)
+        again, _ = _trainer(path, max_epochs=2)
         again.run()
     assert "found the state of an earlier run" in caplog.text and "--resume true" in caplog.text
-    path.write_bytes(path.read_bytes()[:100])
+    path.write_bytes(saved[:100])
     broken, _ = _trainer(path, resume=True, max_epochs=1)
     with pytest.raises(ValueError, match=r"state.pt cannot be read.*delete it"):
         broken.run()
+
+
+def test_only_an_interrupted_run_leaves_its_state(tmp_path):
+    """A finished trainer removes its state, after its other handlers ran: the next run of a stage trained alone
+    through its overlay does not take it for an interrupted one. A crash keeps the state to resume from."""
+    path = tmp_path / "state" / "model.pt"
+    crashed, _ = _trainer(path, crash_at=6, max_epochs=2)
+    with pytest.raises(_Crash):
+        crashed.run()
+    assert path.is_file()
+    finished, _ = _trainer(path, max_epochs=2)
+    seen = []
+    finished.add_event_handler(Events.COMPLETED, lambda _: seen.append(path.is_file()))  # a handler given before
+    finished.run()
+    assert seen == [True] and not path.exists()
+    stopped, _ = _trainer(path, max_epochs=3)
+    stopped.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda engine: engine.terminate())  # early stopping
+    stopped.run()
+    assert stopped.state.epoch == 1 and not path.exists()
 
 
 def test_state_path_is_beside_the_checkpoint():
