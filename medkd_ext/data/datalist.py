@@ -166,6 +166,7 @@ def load_datalist(
     image_key: str = "image",
     label_key: str = "label",
     class_columns: Sequence[str] | None = None,
+    name: str = "datalist",
 ) -> list[dict[str, Any]]:
     """Load the cases of a datalist as a list of dictionaries keyed ``"image"`` and ``"label"``.
 
@@ -195,6 +196,8 @@ def load_datalist(
         image_key: name of the image entry/column in the file.
         label_key: name of the label entry/column in the file.
         class_columns: CSV only: the 0/1 columns, one per class, of a multi-label table.
+        name: the config id that gave ``path`` (``"teacher_datalist"``, ``"source_datalists[1]"``), named when the
+            file does not exist.
 
     Returns:
         a new list of new dictionaries, in file order.
@@ -206,7 +209,7 @@ def load_datalist(
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"datalist file {path} does not exist; check the `datalist` path.")
+        raise FileNotFoundError(f"datalist file {path} does not exist; check the `{name}` path.")
     base = Path(os.path.abspath(Path(base_dir).expanduser() if base_dir is not None else path.parent))
     suffix = path.suffix.lower()
     if suffix == ".csv":

@@ -24,6 +24,7 @@ def datalist_part(
     key: str = "training",
     patient_key: str = "patient",
     class_columns: list[str] | None = None,
+    name: str = "datalist",
 ) -> list[dict[str, Any]]:
     """The cases of one part of a datalist's list, the list being split into named parts with no patient shared.
 
@@ -41,6 +42,7 @@ def datalist_part(
         key: the list to read (``"training"``, ``"test"``, ...).
         patient_key: the entry holding the patient id.
         class_columns: CSV only, the 0/1 columns of a multi-label table.
+        name: the config id that gave ``datalist`` (``"teacher_datalist"``), named when the file does not exist.
 
     Returns:
         the part's cases, in datalist order.
@@ -58,7 +60,7 @@ def datalist_part(
     values = [float(fractions[n]) for n in names]
     if any(not math.isfinite(v) or v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
         raise ValueError(f"datalist_part: fractions {dict(fractions)} must be non-negative and sum to 1.")
-    items = load_datalist(datalist, key=key, class_columns=class_columns)
+    items = load_datalist(datalist, key=key, class_columns=class_columns, name=name)
     check_image_files(items, "image")
     if part == ALL_CASES:
         return items

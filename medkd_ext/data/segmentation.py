@@ -26,8 +26,8 @@ def _has_key(path: Path, key: str) -> bool:
     return bool(content.get(key))
 
 
-def _labelled(path: Path, key: str) -> list[dict[str, Any]]:
-    items = load_datalist(path, key=key)
+def _labelled(path: Path, key: str, name: str) -> list[dict[str, Any]]:
+    items = load_datalist(path, key=key, name=name)
     unlabelled = [i for i, item in enumerate(items) if "label" not in item]
     if unlabelled:
         raise ValueError(
@@ -94,9 +94,9 @@ def segmentation_datalists(
     target_path = Path(target_datalist)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
-    train = _labelled(target_path, "training")
+    train = _labelled(target_path, "training", "target_datalist")
     if _has_key(target_path, "validation"):
-        val = _labelled(target_path, "validation")
+        val = _labelled(target_path, "validation", "target_datalist")
     else:
         n_val = int(round(val_fraction * len(train)))
         if val_fraction > 0 and len(train) >= 2:
@@ -114,7 +114,7 @@ def segmentation_datalists(
             raise ValueError(f"source index {index} is out of range: {len(all_sources)} source datalists are given.")
         path = Path(all_sources[index])
         try:
-            source_items.append(_labelled(path, "training"))
+            source_items.append(_labelled(path, "training", f"source_datalists[{index}]"))
         except ValueError as e:
             raise ValueError(f"source dataset {index} ({path}): {e}") from e
     return {

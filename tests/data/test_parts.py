@@ -23,7 +23,9 @@ def test_parts_are_disjoint_by_patient_and_cover_the_list(datalist):
     assert len(datalist_part(datalist, "all", FRACTIONS, key="test")) == 8
 
 
-def test_bad_arguments(datalist):
+def test_bad_arguments(datalist, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no.csv does not exist; check the `teacher_datalist` path"):
+        datalist_part(tmp_path / "no.csv", "train", FRACTIONS, name="teacher_datalist")
     with pytest.raises(ValueError, match=r"part 'val' is not one of \['source', 'train', 'validation'\]"):
         datalist_part(datalist, "val", FRACTIONS)
     with pytest.raises(ValueError, match="sum to 1"):

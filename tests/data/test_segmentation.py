@@ -46,6 +46,11 @@ def test_bad_datalists_are_named(tmp_path):
         segmentation_datalists(broken)
     with pytest.raises(ValueError, match="no cases"):
         segmentation_datalists(empty)
+    # a path that does not exist names the id that gave it
+    with pytest.raises(FileNotFoundError, match=r"nowhere.json does not exist; check the `target_datalist` path"):
+        segmentation_datalists(tmp_path / "nowhere.json")
+    with pytest.raises(FileNotFoundError, match=r"nowhere.json does not exist; check the `source_datalists\[1\]` path"):
+        segmentation_datalists(target, [target, tmp_path / "nowhere.json"])
 
 
 def test_broken_images_are_named_before_training(tmp_path):
