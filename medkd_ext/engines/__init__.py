@@ -23,7 +23,13 @@ from medkd_ext.engines.distillation import (
 )
 from medkd_ext.engines.multihead import DatasetRounds, MultiHeadTrainer
 from medkd_ext.engines.online import MutualLearningTrainer, ONETrainer
-from medkd_ext.engines.settings import check_recorded, recorded, save_settings, settings_path
+from medkd_ext.engines.settings import (
+    check_recorded,
+    recorded,
+    save_settings,
+    settings_path,
+    warn_if_reused_otherwise,
+)
 from medkd_ext.engines.stages import (
     Stage,
     as_flag,
@@ -58,6 +64,7 @@ __all__ = [
     "Stage",
     "as_flag",
     "check_recorded",
+    "warn_if_reused_otherwise",
     "check_override_types",
     "check_stage_output",
     "check_writable",

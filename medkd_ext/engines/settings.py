@@ -21,7 +21,7 @@ from typing import Any
 from medkd_ext.distributed import is_main_process
 from medkd_ext.networks.checkpoint import file_sha256, record_path
 
-__all__ = ["check_recorded", "recorded", "save_settings", "settings_path"]
+__all__ = ["check_recorded", "recorded", "save_settings", "settings_path", "warn_if_reused_otherwise"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,47 @@ def recorded(ckpt_file: str | os.PathLike, key: str, default: Any = _NO_DEFAULT)
     return content[key]
 
 
+def _differences(content: Mapping[str, Any], values: Mapping[str, Any]) -> list[str]:
+    return [
+        f"{key}: trained with {content[key]!r}, this run has {_plain(value)!r}"
+        for key, value in values.items()
+        if key in content and _plain(value) != content[key]
+    ]
+
+
+def warn_if_reused_otherwise(
+    ckpt_file: str | os.PathLike, values: Mapping[str, Any], what: str, advice: str
+) -> list[str]:
+    """Warn that a stage output reused without training (a teacher found in ``ckpt_dir``) was made otherwise.
+
+    A stage with ``reuse_outputs`` is skipped when its checkpoint exists; this says so when the checkpoint's record
+    disagrees with this run on ``values`` (e.g. the teacher's training data and initial weights), or holds none of
+    them (an earlier version of medkd wrote it). A checkpoint without a record (given by the user) is not questioned.
+    It warns instead of refusing: reusing a teacher on purpose is the point of ``reuse_outputs``.
+
+    Args:
+        ckpt_file: the reused checkpoint.
+        values: id -> this run's value, as the stage records it.
+        what: the model, for the message (``"the teacher"``).
+        advice: how to train it again, ending the message.
+
+    Returns:
+        what the warning lists (empty: nothing to say).
+    """
+    content = _read(ckpt_file)
+    if content is None:
+        return []
+    found = _differences(content, values)
+    if not any(key in content for key in values):
+        found = [f"its record {settings_path(ckpt_file)} names none of {sorted(values)} (an earlier version wrote it)"]
+    if found:
+        logger.warning(
+            "%s %s exists and is reused without training, but it was made otherwise: %s. %s",
+            what, ckpt_file, "; ".join(found), advice,
+        )
+    return found
+
+
 def check_recorded(ckpt_file: str | os.PathLike, values: Mapping[str, Any], advice: str | None = None) -> None:
     """Refuse settings that disagree with the record of ``ckpt_file`` (nothing to check when there is none).
 
@@ -137,11 +178,7 @@ def check_recorded(ckpt_file: str | os.PathLike, values: Mapping[str, Any], advi
     content = _read(ckpt_file)
     if content is None:
         return
-    wrong = [
-        f"{key}: trained with {content[key]!r}, this run has {_plain(value)!r}"
-        for key, value in values.items()
-        if key in content and _plain(value) != content[key]
-    ]
+    wrong = _differences(content, values)
     if wrong:
         raise ValueError(
             f"the model {ckpt_file} was trained with other settings ({settings_path(ckpt_file)}): "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -100,8 +101,22 @@ def test_train_runs_teacher_first_then_skips_it(trained):
     assert "features.denseblock4.denselayer16.layers.conv2.weight" in state  # a DenseNet-121
     assert "features.denseblock3.denselayer1.layers.conv1.weight" not in torch.load(student, weights_only=True)
     before = teacher.stat().st_mtime_ns
-    run_stage(CONFIGS / "train.json", overrides(trained))
+    warnings: list[str] = []  # the bundle's logging.conf replaces the root handlers (pytest's caplog among them)
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("medkd_ext.engines.settings").addHandler(handler)
+    try:
+        run_stage(CONFIGS / "train.json", overrides(trained))
+        assert teacher.stat().st_mtime_ns == before and not warnings
+        # reused, as reuse_outputs says, but a teacher trained on other data than this run's is named as such
+        own = str(trained / "data" / "dataset.json")
+        run_stage(CONFIGS / "train.json", overrides(trained, teacher_datalist=own))
+    finally:
+        logging.getLogger("medkd_ext.engines.settings").removeHandler(handler)
     assert teacher.stat().st_mtime_ns == before
+    assert len(warnings) == 1 and "the teacher" in warnings[0] and "reused without training" in warnings[0]
+    assert f"teacher_datalist: trained with '{trained / 'data_related' / 'dataset.json'}', this run has '{own}'" in (
+        warnings[0])
 
 
 @pytest.mark.slow

@@ -62,3 +62,21 @@ def test_a_stage_output_is_checked_against_its_record_before_loading(tmp_path):
     assert "datalist: trained with '/data/a.json', this run has '/demo/d.json'" in message
     assert message.count("this run has") == 1 and "written by stage 'teacher'" in message  # pixdim agrees
     assert "config files and ids that stage ran with" in message
+
+
+def test_a_reused_checkpoint_made_otherwise_is_warned_about(tmp_path, caplog):
+    from medkd_ext.engines import warn_if_reused_otherwise
+
+    ckpt = tmp_path / "teacher.pt"
+    ckpt.write_bytes(b"weights")
+    advice = "Delete it, or give another --teacher_ckpt."
+    assert warn_if_reused_otherwise(ckpt, {"teacher_datalist": "a.csv"}, "the teacher", advice) == []  # no record
+    save_settings(ckpt, {"teacher_net": "densenet121"})  # an earlier version recorded no training data
+    with caplog.at_level("WARNING", logger="medkd_ext.engines.settings"):
+        found = warn_if_reused_otherwise(ckpt, {"teacher_datalist": "a.csv"}, "the teacher", advice)
+    assert found and "names none of ['teacher_datalist']" in found[0]
+    assert "the teacher" in caplog.text and "reused without training" in caplog.text and advice in caplog.text
+    save_settings(ckpt, {"teacher_datalist": "a.csv", "split_seed": 0})
+    assert warn_if_reused_otherwise(ckpt, {"teacher_datalist": "a.csv", "split_seed": 0}, "the teacher", advice) == []
+    found = warn_if_reused_otherwise(ckpt, {"teacher_datalist": "b.csv", "split_seed": 0}, "the teacher", advice)
+    assert found == ["teacher_datalist: trained with 'a.csv', this run has 'b.csv'"]
