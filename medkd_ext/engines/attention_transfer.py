@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from medkd_ext.engines.stages import check_stage_output
+from medkd_ext.engines.settings import warn_if_reused_otherwise
+from medkd_ext.engines.stages import Stage, _flatten, check_stage_output, stage_hint
 from medkd_ext.networks.checkpoint import _strip_wrapper_prefixes, apply_state_dict, read_state_dict
 from medkd_ext.networks.frozen import unwrap_network
 from medkd_ext.utils import is_positive_int
@@ -32,11 +33,15 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "check_attention_maps",
+    "distillation_teacher",
     "from_torchvision_densenet",
     "load_densenet_teacher",
     "load_matching_weights",
+    "stage_will_train",
+    "teacher_cases",
     "teacher_datalist",
     "unfreeze_last_layers",
+    "warn_reused",
 ]
 
 _CLASSIFIER = "class_layers.out.weight"
@@ -166,6 +171,74 @@ def load_densenet_teacher(
                 f"checkpoint of a teacher trained for {expected} classes{hint}."
             )
     return apply_state_dict(network, state, source=path, stage_hint=stage_hint)
+
+
+def distillation_teacher(
+    network: nn.Module,
+    path: str | os.PathLike,
+    device: str | torch.device | None,
+    settings: Mapping[str, Any] | None,
+    stages: Any,
+    bundle_root: str | os.PathLike | None,
+    distill_method: str | None,
+    is_baseline: bool = False,
+) -> nn.Module | None:
+    """The teacher the student stage distils from (``train.json``'s ``teacher``): ``None`` for the baseline and for
+    the online methods, which have no trained teacher; else ``path`` loaded into ``network`` by
+    :func:`load_densenet_teacher`, a missing file named with the stage that writes it (``stages``)."""
+    from medkd_ext.engines.kd_study import needs_teacher  # kd_study's overlays name this module's functions
+
+    if is_baseline or not needs_teacher(distill_method):
+        return None
+    hint = stage_hint(stages, path, bundle_root) + ", or give teacher_ckpt"
+    return load_densenet_teacher(network, path, device, hint, settings=settings)
+
+
+def stage_will_train(stages: Any, name: str, output: str | os.PathLike | None) -> bool:
+    """Whether ``train.json``'s stage ``name`` is enabled and will train, its ``output`` not existing (the
+    pre-training and teacher stages reuse their checkpoint when it exists)."""
+    enabled = any(s.name == name and s.enabled for s in _flatten(stages) if isinstance(s, Stage))
+    return enabled and output is not None and not os.path.isfile(output)
+
+
+def teacher_cases(
+    datalist: str | os.PathLike,
+    part: str,
+    fractions: Mapping[str, float],
+    seed: int = 0,
+    class_columns: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The cases the teacher stage trains and validates on: ``part`` and ``"validation"`` of ``teacher_datalist``
+    (:func:`medkd_ext.data.datalist_part`), for the checks made before any stage runs."""
+    from medkd_ext.data import datalist_part
+
+    return [
+        case
+        for name in (part, "validation")
+        for case in datalist_part(datalist, name, fractions, seed, class_columns=class_columns, name="teacher_datalist")
+    ]
+
+
+def warn_reused(
+    stages: Any,
+    pretrained_ckpt: str | os.PathLike | None,
+    pretrain_settings: Mapping[str, Any],
+    teacher_ckpt: str | os.PathLike | None,
+    teacher_data_settings: Mapping[str, Any],
+) -> list[str]:
+    """Before any stage runs: warn about a ``pretrained.pt`` or ``teacher.pt`` that its enabled stage will reuse
+    without training although this bundle made it with other data or initial weights than this run's
+    (:func:`medkd_ext.engines.warn_if_reused_otherwise`); returns what was said."""
+    found = []
+    for name, key, ckpt, values, what in (
+        ("pretrain", "pretrained_ckpt", pretrained_ckpt, pretrain_settings, "the pre-trained network"),
+        ("teacher", "teacher_ckpt", teacher_ckpt, teacher_data_settings, "the teacher"),
+    ):
+        enabled = any(s.name == name and s.enabled for s in _flatten(stages) if isinstance(s, Stage))
+        if enabled and ckpt is not None and os.path.isfile(ckpt):
+            advice = f"Delete it, or give another --{key}, to train it on the data and initial weights of this run."
+            found += warn_if_reused_otherwise(ckpt, values, what, advice)
+    return found
 
 
 def _backbone_key(key: str) -> str:
