@@ -194,11 +194,14 @@ def distillation_teacher(
     return load_densenet_teacher(network, path, device, hint, settings=settings)
 
 
+def _enabled(stages: Any, name: str) -> bool:
+    return any(s.name == name and s.enabled for s in _flatten(stages) if isinstance(s, Stage))
+
+
 def stage_will_train(stages: Any, name: str, output: str | os.PathLike | None) -> bool:
     """Whether ``train.json``'s stage ``name`` is enabled and will train, its ``output`` not existing (the
     pre-training and teacher stages reuse their checkpoint when it exists)."""
-    enabled = any(s.name == name and s.enabled for s in _flatten(stages) if isinstance(s, Stage))
-    return enabled and output is not None and not os.path.isfile(output)
+    return _enabled(stages, name) and output is not None and not os.path.isfile(output)
 
 
 def teacher_cases(
@@ -220,25 +223,16 @@ def teacher_cases(
 
 
 def warn_reused(
-    stages: Any,
-    pretrained_ckpt: str | os.PathLike | None,
-    pretrain_settings: Mapping[str, Any],
-    teacher_ckpt: str | os.PathLike | None,
-    teacher_data_settings: Mapping[str, Any],
+    stages: Any, teacher_ckpt: str | os.PathLike | None, teacher_data_settings: Mapping[str, Any]
 ) -> list[str]:
-    """Before any stage runs: warn about a ``pretrained.pt`` or ``teacher.pt`` that its enabled stage will reuse
-    without training although this bundle made it with other data or initial weights than this run's
-    (:func:`medkd_ext.engines.warn_if_reused_otherwise`); returns what was said."""
-    found = []
-    for name, key, ckpt, values, what in (
-        ("pretrain", "pretrained_ckpt", pretrained_ckpt, pretrain_settings, "the pre-trained network"),
-        ("teacher", "teacher_ckpt", teacher_ckpt, teacher_data_settings, "the teacher"),
-    ):
-        enabled = any(s.name == name and s.enabled for s in _flatten(stages) if isinstance(s, Stage))
-        if enabled and ckpt is not None and os.path.isfile(ckpt):
-            advice = f"Delete it, or give another --{key}, to train it on the data and initial weights of this run."
-            found += warn_if_reused_otherwise(ckpt, values, what, advice)
-    return found
+    """Before any stage runs: warn about a ``teacher.pt`` that the teacher stage will reuse without training although
+    this bundle made it with other data or initial weights than this run's, or an earlier version made it
+    (:func:`medkd_ext.engines.warn_if_reused_otherwise`); returns what was said. (``pretrained.pt`` is not checked:
+    its datalist, the generic demo, would be generated for the check even when pre-training does not run.)"""
+    if not _enabled(stages, "teacher") or teacher_ckpt is None or not os.path.isfile(teacher_ckpt):
+        return []
+    advice = "Delete it, or give another --teacher_ckpt, to train it on the data and initial weights of this run."
+    return warn_if_reused_otherwise(teacher_ckpt, teacher_data_settings, "the teacher", advice)
 
 
 def _backbone_key(key: str) -> str:

@@ -305,6 +305,19 @@ def test_baseline_is_cross_entropy_alone_without_teacher(demo):
     assert trained == {id(network.class_layers.out.weight), id(network.class_layers.out.bias)}
 
 
+def test_the_checks_before_the_stages_leave_the_pretraining_data_alone(demo, tmp_path):
+    """The checks train.json makes before any stage (cases, teacher, reused teacher) do not resolve
+    pretrain_dataset_dir: a run with --pretrained_ckpt null or a user's ImageNet weights never generates the generic
+    pretraining demo (an expression that fails when resolved stands in for it)."""
+    values = overrides(demo, ckpt_dir=str(tmp_path / "models"), pretrained_ckpt=None, pretrain_dataset_dir="$1 / 0")
+    parser = parser_for(["train.json"], values)
+    for key in ("preflight_cases", "check_teacher", "check_reused", "check_attention_maps", "stages"):
+        parser.get_parsed_content(key)
+    with pytest.raises(RuntimeError) as raised:
+        parser.get_parsed_content("pretrain_datalist")  # the stand-in does fail when resolved
+    assert _cause(raised.value, ZeroDivisionError)
+
+
 def test_missing_teacher_names_file_and_stage(demo, tmp_path):
     missing = tmp_path / "none.pt"
     parser = parser_for(["train.json"], overrides(demo, teacher_ckpt=str(missing), train_teacher_if_missing=False))
